@@ -1,0 +1,226 @@
+"""Benchmark the fused multi-step LIF against the eager reference, its torch.compile, and peers.
+
+CPU: our C++ kernel, the eager reference loop, and ``torch.compile`` of the reference, forward
+(inference) and forward+backward, at [T=16, B=32, 4096], [T=4, B=64, 128x16x16] and T in {4, 8, 16, 32}.
+GPU (when CUDA is present): additionally the Triton kernel and SpikingJelly's ``LIFNode(step_mode='m')``
+with every backend it offers, at [T, 64 x 65536] in float32 and bfloat16, with GB/s counted from the
+minimum bytes moved, next to the measured device copy bandwidth.
+
+Every implementation is checked equal to the reference (spikes exactly) before it is timed.
+
+    python benchmarks/bench_lif.py            # full run, writes benchmarks/results/lif_<device>.json
+    python benchmarks/bench_lif.py --quick    # a short smoke run of every entry
+"""
+import argparse
+import datetime
+import json
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import tna_kernels
+from tna_kernels import lif_multistep
+from tna_kernels.ops.lif import lif_multistep_reference
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+CPU_SHAPES = [(16, 32, 4096), (4, 64, 128, 16, 16)] + [(t, 32, 4096) for t in (4, 8, 32)]
+GPU_SHAPES = [(t, 64 * 65536) for t in (4, 8, 16, 32)]
+
+# Minimum bytes per neuron-step, in units of the element size: forward reads x and writes spikes;
+# the training forward also writes u; the backward reads grad_spikes and u and writes grad_x.
+BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=RESULTS.parent).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _time_ms(fn, device: str, quick: bool) -> float:
+    """Median wall time of ``fn`` in milliseconds (device events via do_bench on GPU)."""
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=5 if quick else 25, rep=20 if quick else 200, return_mode="median"))
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=0.2 if quick else 1.5).median * 1e3
+
+
+def _implementations(device: str):
+    """name -> function(x) returning spikes (x requires grad for forward+backward)."""
+    compiled_reference = torch.compile(lambda x: lif_multistep_reference(x)[0])
+    impls = {
+        "reference (eager)": lambda x: lif_multistep(x, backend="torch"),
+        "reference (torch.compile)": compiled_reference,
+    }
+    impls["tna C++" if device == "cpu" else "tna Triton"] = lambda x: lif_multistep(x)
+    if device == "cuda":
+        impls.update(_spikingjelly_impls())
+    return impls
+
+
+def _spikingjelly_impls():
+    try:
+        from spikingjelly.activation_based import neuron, surrogate
+    except ImportError:
+        return {}
+    impls = {}
+    for provider in neuron.LIFNode(step_mode="m").supported_backends:
+        node = neuron.LIFNode(
+            tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
+            surrogate_function=surrogate.ATan(alpha=2.0), step_mode="m", backend=provider,
+        ).cuda()
+
+        def run(x, node=node):
+            node.reset()
+            return node(x)
+
+        impls[f"SpikingJelly ({provider})"] = run
+    return impls
+
+
+def _check(impl, name, x):
+    with torch.no_grad():
+        got = impl(x)
+        want = lif_multistep(x, backend="torch")
+    if not torch.equal(got.to(want.dtype), want):
+        mismatch = (got.to(want.dtype) != want).float().mean().item()
+        raise AssertionError(f"{name} disagrees with the reference on {mismatch:.2e} of the spikes")
+
+
+def bench(device: str, shapes, dtypes, quick: bool):
+    from tqdm import tqdm
+
+    impls = _implementations(device)
+    rows = []
+    jobs = [(shape, dtype) for shape in shapes for dtype in dtypes]
+    for shape, dtype in tqdm(jobs, desc=f"LIF on {device}", file=sys.stderr):
+        x = (torch.randn(shape, device=device) * 1.5 + 1).to(dtype)
+        grad = torch.randn(shape, device=device).to(dtype)
+        for name, impl in impls.items():
+            _check(impl, name, x)
+            leaf = x.detach().requires_grad_(True)
+
+            def forward():
+                with torch.no_grad():
+                    impl(x)
+
+            def forward_backward():
+                impl(leaf).backward(grad)
+                leaf.grad = None
+
+            for mode, fn in (("forward", forward), ("forward+backward", forward_backward)):
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                ms = _time_ms(fn, device, quick)
+                row = dict(impl=name, shape=list(shape), dtype=str(dtype).removeprefix("torch."), mode=mode, ms=ms)
+                elements = x.numel()
+                row["GB/s"] = BYTES_PER_ELEMENT[mode] * elements * x.element_size() / ms / 1e6
+                if device == "cuda":
+                    row["peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+                rows.append(row)
+    for row in rows:
+        eager = next(
+            r["ms"] for r in rows
+            if r["impl"] == "reference (eager)" and r["shape"] == row["shape"] and r["dtype"] == row["dtype"]
+            and r["mode"] == row["mode"]
+        )
+        row["speedup_vs_eager"] = eager / row["ms"]
+    return rows
+
+
+def copy_bandwidth_gbps(device: str, quick: bool) -> float:
+    """Measured device copy bandwidth (read + write bytes per second) on a 1 GiB (CPU: 256 MiB) buffer."""
+    numel = (2**28 if device == "cuda" else 2**26)
+    src = torch.empty(numel, device=device)
+    dst = torch.empty_like(src)
+    ms = _time_ms(lambda: dst.copy_(src), device, quick)
+    return 2 * numel * 4 / ms / 1e6
+
+
+def markdown(result) -> str:
+    lines = [
+        f"LIF on {result['device']} (copy bandwidth {result['copy_GBps']:.0f} GB/s), "
+        f"torch {result['versions']['torch']}, commit {result['commit']}, {result['date']}",
+        "",
+        "| shape | dtype | mode | implementation | time (ms) | GB/s | vs eager |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        shape = "x".join(map(str, r["shape"]))
+        lines.append(
+            f"| {shape} | {r['dtype']} | {r['mode']} | {r['impl']} | {r['ms']:.3f} | {r['GB/s']:.1f} | "
+            f"{r['speedup_vs_eager']:.1f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="short timings on the first shape only")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
+    args = parser.parse_args(argv)
+
+    if args.device == "cpu":
+        shapes, dtypes = CPU_SHAPES, [torch.float32, torch.bfloat16]
+    else:
+        shapes, dtypes = GPU_SHAPES, [torch.float32, torch.bfloat16]
+    if args.quick:
+        shapes = shapes[:1]
+    versions = {"torch": torch.__version__, "tna_kernels": tna_kernels.__version__}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        import spikingjelly
+
+        versions["spikingjelly"] = getattr(spikingjelly, "__version__", "installed")
+    except ImportError:
+        pass
+    result = dict(
+        benchmark="lif",
+        device=_device_name(args.device),
+        versions=versions,
+        commit=_commit(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        copy_GBps=copy_bandwidth_gbps(args.device, args.quick),
+        rows=bench(args.device, shapes, dtypes, args.quick),
+    )
+    slug = re.sub(r"[^a-z0-9]+", "-", args.device + "-" + result["device"].lower()).strip("-")[:60]
+    out = args.out or RESULTS / f"lif_{slug}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,585 @@
+// Fused multi-step LIF neuron for CPU: forward and backward sweeps over time.
+//
+// The interface and the exact order of operations are specified in
+// tna_kernels/ops/lif/INTERFACE.md; tna_kernels/ops/lif/reference.py is the executable spec.
+//
+// Layout: x is [T, N] (time-major). Neurons are independent, so the work is split into chunks of
+// kChunk neurons, processed in parallel with at::parallel_for. Each chunk streams over t keeping
+// its state (v, gradients, the per-neuron copy of tau / v_threshold) in small local arrays, so the
+// inner loops over neurons are index-free and branch-free: gcc -O3 -march=native vectorizes them.
+// bf16 / fp16 storage is converted with plain integer code (no function calls) for the same reason.
+// Compiled without -ffast-math and with -ffp-contract=off so that float32 forward results equal
+// the PyTorch reference bit for bit.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+namespace {
+
+#ifndef TNA_LIF_CHUNK
+#define TNA_LIF_CHUNK 512
+#endif
+constexpr int64_t kChunk = TNA_LIF_CHUNK;  // neurons per task; local arrays stay in L1
+
+template <typename To, typename From>
+inline To bit_as(From v) {
+  return __builtin_bit_cast(To, v);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Storage types: raw element type in memory, state ("acc") type for the arithmetic.
+// ----------------------------------------------------------------------------------------------
+struct Bf16 {};
+struct F16 {};
+
+template <typename S>
+struct Storage;
+
+template <>
+struct Storage<float> {
+  using raw = float;
+  using acc = float;
+  static inline acc load(raw v) { return v; }
+  static inline raw store(acc v) { return v; }
+};
+
+template <>
+struct Storage<double> {
+  using raw = double;
+  using acc = double;
+  static inline acc load(raw v) { return v; }
+  static inline raw store(acc v) { return v; }
+};
+
+template <>
+struct Storage<Bf16> {
+  using raw = uint16_t;
+  using acc = float;
+  static inline float load(uint16_t v) { return bit_as<float>(static_cast<uint32_t>(v) << 16); }
+  // Round to nearest even, NaN -> quiet NaN (same as c10::BFloat16).
+  static inline uint16_t store(float f) {
+    const uint32_t b = bit_as<uint32_t>(f);
+    const uint32_t r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    return static_cast<uint16_t>(f != f ? 0x7fc0u : r);
+  }
+};
+
+template <>
+struct Storage<F16> {
+  using raw = uint16_t;
+  using acc = float;
+  // IEEE half -> float, exact (normal, subnormal, inf, NaN), branch-free.
+  static inline float load(uint16_t hv) {
+    const uint32_t h = hv;
+    const uint32_t o = (h & 0x7fffu) << 13;
+    const uint32_t e = o & 0x0f800000u;
+    const uint32_t normal = o + (112u << 23);
+    const uint32_t infnan = o + (224u << 23);
+    const uint32_t sub =
+        bit_as<uint32_t>(bit_as<float>(o + (113u << 23)) - bit_as<float>(113u << 23));
+    uint32_t r = e == 0x0f800000u ? infnan : normal;
+    r = e == 0 ? sub : r;
+    return bit_as<float>(r | ((h & 0x8000u) << 16));
+  }
+  // float -> IEEE half, round to nearest even, overflow -> inf, NaN -> quiet NaN, branch-free.
+  static inline uint16_t store(float f) {
+    const uint32_t b = bit_as<uint32_t>(f);
+    const uint32_t sign = b & 0x80000000u;
+    const uint32_t x = b ^ sign;
+    const uint32_t infnan = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    const uint32_t sub =
+        bit_as<uint32_t>(bit_as<float>(x) + bit_as<float>(126u << 23)) - (126u << 23);
+    const uint32_t normal = (x + 0xc8000fffu + ((x >> 13) & 1u)) >> 13;  // 0xc8000000 = (15-127)<<23
+    uint32_t o = x < (113u << 23) ? sub : normal;
+    o = x >= (143u << 23) ? infnan : o;
+    return static_cast<uint16_t>(o | (sign >> 16));
+  }
+};
+
+template <typename S>
+using raw_t = typename Storage<S>::raw;
+template <typename S>
+using acc_t = typename Storage<S>::acc;
+
+// s = 1 if u is not NaN and its sign bit is clear. Exact recovery of the forward's (u >= 0) from
+// a rounded u: rounding never changes the sign, and the forward stores -0 as +0.
+inline float spike_of(float u) {
+  return (u == u && bit_as<int32_t>(u) >= 0) ? 1.0f : 0.0f;
+}
+inline double spike_of(double u) {
+  return (u == u && bit_as<int64_t>(u) >= 0) ? 1.0 : 0.0;
+}
+
+// Select on a loop-invariant flag given as an all-ones / all-zeros bit mask. gcc 12 does not
+// vectorize `flag ? a : b` with a scalar bool flag, but it does vectorize the bitwise form.
+template <typename A>
+using bits_t = std::conditional_t<sizeof(A) == 4, uint32_t, uint64_t>;
+template <typename A>
+inline bits_t<A> mask_of(bool flag) {
+  return flag ? ~bits_t<A>(0) : bits_t<A>(0);
+}
+template <typename A>
+inline A pick(bits_t<A> m, A a, A b) {
+  return bit_as<A>((bit_as<bits_t<A>>(a) & m) | (bit_as<bits_t<A>>(b) & ~m));
+}
+
+// ----------------------------------------------------------------------------------------------
+// Surrogate derivatives, in the operation order of surrogate.py (torch evaluates `c / t` as
+// `t.reciprocal() * c` and `t ** 2` as `t * t`). NaN behaviour: comparisons with NaN are false.
+// ----------------------------------------------------------------------------------------------
+enum Surr : int { kAtan = 0, kSigmoid = 1, kFastSigmoid = 2, kTriangle = 3, kRectangle = 4 };
+
+template <typename A>
+struct SurrConst {
+  A a;   // alpha
+  A c1;  // atan: pi/2*alpha, triangle: alpha^2, rectangle: 0.5/alpha
+  A c2;  // atan: alpha/2
+  SurrConst(int id, double alpha) : a(static_cast<A>(alpha)), c1(0), c2(0) {
+    if (id == kAtan) {
+      c1 = static_cast<A>(M_PI / 2 * alpha);
+      c2 = static_cast<A>(alpha / 2);
+    } else if (id == kTriangle) {
+      c1 = static_cast<A>(alpha * alpha);
+    } else if (id == kRectangle) {
+      c1 = static_cast<A>(0.5 / alpha);
+    }
+  }
+};
+
+// exp for float, Cephes polynomial (about 1 ulp), branch-free so that it vectorizes.
+// Overflow gives inf, underflow 0, NaN stays NaN.
+inline float exp_f32(float x) {
+  float xc = x > 88.8f ? 88.8f : x;
+  xc = xc < -104.0f ? -104.0f : xc;
+  float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  fn = fn == fn ? fn : 0.0f;
+  float r = xc - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  const float z = r * r;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  const int32_t n = static_cast<int32_t>(fn);
+  const int32_t n1 = n >> 1;
+  const int32_t n2 = n - n1;
+  const float p1 = bit_as<float>(static_cast<uint32_t>(n1 + 127) << 23);
+  const float p2 = bit_as<float>(static_cast<uint32_t>(n2 + 127) << 23);
+  return y * p1 * p2;
+}
+inline double exp_acc(double x) { return std::exp(x); }
+inline float exp_acc(float x) { return exp_f32(x); }
+
+template <int SURR, typename A>
+inline A surrogate(A u, const SurrConst<A>& k) {
+  if constexpr (SURR == kAtan) {
+    const A t = k.c1 * u;
+    return (A(1) / (A(1) + t * t)) * k.c2;
+  } else if constexpr (SURR == kSigmoid) {
+    const A sig = A(1) / (A(1) + exp_acc(-(k.a * u)));
+    return (k.a * sig) * (A(1) - sig);
+  } else if constexpr (SURR == kFastSigmoid) {
+    const A p = A(1) + k.a * std::fabs(u);
+    return A(1) / (p * p);
+  } else if constexpr (SURR == kTriangle) {
+    const A peak = k.a - k.c1 * std::fabs(u);
+    return peak > A(0) ? peak : A(0);
+  } else {
+    return A(std::fabs(u) < k.c1) * k.a;  // (cond ? alpha : 0), written so that gcc vectorizes it
+  }
+}
+
+// Per-chunk copy of a length-P parameter: neuron n uses index (n / inner) % P.
+template <typename A>
+inline void gather_param(A* dst, const A* src, int64_t n0, int64_t len, int64_t inner, int64_t P) {
+  if (P == 1) {
+    std::fill(dst, dst + len, src[0]);
+    return;
+  }
+  for (int64_t i = 0; i < len; ++i) dst[i] = src[((n0 + i) / inner) % P];
+}
+
+inline int64_t grain_for(int64_t T, int64_t N, int64_t nchunks) {
+  // Run small problems on one thread: parallel overhead beats the work below ~64K elements.
+  return T * N < 65536 ? std::max<int64_t>(nchunks, 1) : 1;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Forward
+// ----------------------------------------------------------------------------------------------
+template <typename S, bool DECAY, bool SOFT, bool SAVE>
+void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage<S>::raw* __restrict spikes,
+                  typename Storage<S>::raw* __restrict u_out, typename Storage<S>::acc* __restrict v_last,
+                  const typename Storage<S>::acc* tau, const typename Storage<S>::acc* vth,
+                  const typename Storage<S>::acc* v_init, double v_reset, int64_t T, int64_t N,
+                  int64_t inner, int64_t P) {
+  using A = typename Storage<S>::acc;
+  using R = typename Storage<S>::raw;
+  const A vr = static_cast<A>(v_reset);
+  const int64_t nchunks = (N + kChunk - 1) / kChunk;
+  at::parallel_for(0, nchunks, grain_for(T, N, nchunks), [&](int64_t c_begin, int64_t c_end) {
+    const A vr_ = vr;  // a local copy, so the vector loop keeps it in a register
+    alignas(64) A v[kChunk];
+    alignas(64) A tl[kChunk];
+    alignas(64) A th[kChunk];
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const int64_t n0 = c * kChunk;
+      const int64_t len = std::min(kChunk, N - n0);
+      gather_param(tl, tau, n0, len, inner, P);
+      gather_param(th, vth, n0, len, inner, P);
+      if (v_init != nullptr) {
+        std::copy(v_init + n0, v_init + n0 + len, v);
+      } else {
+        std::fill(v, v + len, vr_);
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        const R* __restrict xr = x + t * N + n0;
+        R* __restrict sr = spikes + t * N + n0;
+        R* __restrict ur = SAVE ? u_out + t * N + n0 : nullptr;
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) {
+          const A xt = Storage<S>::load(xr[i]);
+          const A vv = v[i];
+          A h;
+          if constexpr (DECAY) {
+            h = vv + (xt - (vv - vr_)) / tl[i];
+          } else {
+            h = (vv - (vv - vr_) / tl[i]) + xt;
+          }
+          const A u = h - th[i];
+          const A s = u >= A(0) ? A(1) : A(0);
+          if constexpr (SOFT) {
+            v[i] = h - th[i] * s;
+          } else {
+            v[i] = h * (A(1) - s) + vr_ * s;
+          }
+          sr[i] = Storage<S>::store(s);
+          if constexpr (SAVE) ur[i] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
+        }
+      }
+      std::copy(v, v + len, v_last + n0);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------------------------
+// Backward
+// ----------------------------------------------------------------------------------------------
+template <typename S>
+struct BwdArgs {
+  using A = typename Storage<S>::acc;
+  using R = typename Storage<S>::raw;
+  const R* gs;
+  const A* gv_last;  // nullable
+  const R* u;
+  const A* tau;
+  const A* vth;
+  const A* v_init;  // nullable
+  R* gx;
+  A* gv_init;
+  A* gtau;  // nullable
+  A* gvth;  // nullable
+  double v_reset;
+  bool soft, decay, detach;
+  double alpha;
+  int64_t T, N, inner, P;
+};
+
+// Loop-invariant options of the backward, as bit masks for pick().
+template <typename A>
+struct BwdFlags {
+  bits_t<A> soft, decay, detach, use_gv;
+};
+
+// One reverse-time step for one chunk. uc holds u[t] in the state dtype on entry and u[t-1] on
+// exit (FIRST: t == 0, v_prev comes from v0 instead).
+template <typename S, int SURR, bool FIRST>
+inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw_t<S>* __restrict upr,
+                          raw_t<S>* __restrict gxr, acc_t<S>* __restrict uc, const acc_t<S>* __restrict v0,
+                          const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th,
+                          const acc_t<S>* __restrict itau, acc_t<S>* __restrict gv, acc_t<S>* __restrict gtau,
+                          acc_t<S>* __restrict gvth, const SurrConst<acc_t<S>>& k, acc_t<S> vr,
+                          const BwdFlags<acc_t<S>>& f) {
+  using A = acc_t<S>;
+  const bits_t<A> soft = f.soft, decay = f.decay, detach = f.detach, use_gv = f.use_gv;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const A u = uc[i];
+    const A vth = th[i];
+    const A ta = tl[i];
+    const A h = u + vth;
+    const A s = spike_of(u);
+    const A sg = surrogate<SURR>(u, k);
+    const A gsg = Storage<S>::load(gsr[i]) * sg;
+    // soft: dvdh = 1 - vth*sg, dvdvth = -s + vth*sg; hard: dvdh = (1-s) + (vr-h)*sg,
+    // dvdvth = -(vr-h)*sg; detach_reset drops the sg terms.
+    const A vsg = vth * sg;
+    const A dvdh_soft = pick(detach, A(1), A(1) - vsg);
+    const A dvdvth_soft = pick(detach, -s, -s + vsg);
+    const A dvdh_hard = pick(detach, A(1) - s, (A(1) - s) + (vr - h) * sg);
+    const A dvdvth_hard = pick(detach, A(0), -(vr - h) * sg);
+    const A dvdh = pick(soft, dvdh_soft, dvdh_hard);
+    const A dvdvth = pick(soft, dvdvth_soft, dvdvth_hard);
+    const A g = gv[i];
+    // Without grad_v_last the last step has no v path at all (as in autograd): skip it, so a
+    // NaN / inf in dv/dh there does not leak in through 0 * NaN.
+    const A gh = pick(use_gv, gsg + g * dvdh, gsg);
+    gvth[i] = gvth[i] + pick(use_gv, -gsg + g * dvdvth, -gsg);
+    A vp;
+    if constexpr (FIRST) {
+      vp = v0[i];
+    } else {
+      const A up = Storage<S>::load(upr[i]);
+      const A hp = up + vth;
+      const A sp = spike_of(up);
+      vp = pick(soft, hp - vth * sp, hp * (A(1) - sp) + vr * sp);
+      uc[i] = up;
+    }
+    // d h / d tau = -(h - v_prev) / tau (decay_input) or (v_prev - vr) / tau^2; one division, q.
+    const A q = gh / ta;
+    gtau[i] = gtau[i] + pick(decay, -(h - vp), (vp - vr) * itau[i]) * q;
+    gxr[i] = Storage<S>::store(pick(decay, q, gh));
+    gv[i] = gh * (A(1) - itau[i]);
+  }
+}
+
+template <typename S, int SURR>
+void backward_impl(const BwdArgs<S>& a) {
+  using A = typename Storage<S>::acc;
+  const A vr = static_cast<A>(a.v_reset);
+  const SurrConst<A> k(SURR, a.alpha);
+  const int64_t T = a.T, N = a.N;
+  const int64_t nchunks = (N + kChunk - 1) / kChunk;
+  at::parallel_for(0, nchunks, grain_for(T, N, nchunks), [&](int64_t c_begin, int64_t c_end) {
+    alignas(64) A tl[kChunk];
+    alignas(64) A th[kChunk];
+    alignas(64) A itau[kChunk];
+    alignas(64) A uc[kChunk];
+    alignas(64) A v0[kChunk];
+    alignas(64) A gv[kChunk];
+    alignas(64) A gtau[kChunk];
+    alignas(64) A gvth[kChunk];
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const int64_t n0 = c * kChunk;
+      const int64_t len = std::min(kChunk, N - n0);
+      gather_param(tl, a.tau, n0, len, a.inner, a.P);
+      gather_param(th, a.vth, n0, len, a.inner, a.P);
+      for (int64_t i = 0; i < len; ++i) itau[i] = A(1) / tl[i];
+      if (a.v_init != nullptr) {
+        std::copy(a.v_init + n0, a.v_init + n0 + len, v0);
+      } else {
+        std::fill(v0, v0 + len, vr);
+      }
+      if (a.gv_last != nullptr) {
+        std::copy(a.gv_last + n0, a.gv_last + n0 + len, gv);
+      } else {
+        std::fill(gv, gv + len, A(0));
+      }
+      std::fill(gtau, gtau + len, A(0));
+      std::fill(gvth, gvth + len, A(0));
+      if (T > 0) {
+        const auto* ur = a.u + (T - 1) * N + n0;
+        for (int64_t i = 0; i < len; ++i) uc[i] = Storage<S>::load(ur[i]);
+      }
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const BwdFlags<A> f{mask_of<A>(a.soft), mask_of<A>(a.decay), mask_of<A>(a.detach),
+                            mask_of<A>(a.gv_last != nullptr || t < T - 1)};
+        const auto* gsr = a.gs + t * N + n0;
+        auto* gxr = a.gx + t * N + n0;
+        if (t > 0) {
+          backward_step<S, SURR, false>(len, gsr, a.u + (t - 1) * N + n0, gxr, uc, v0, tl, th, itau, gv,
+                                        gtau, gvth, k, vr, f);
+        } else {
+          backward_step<S, SURR, true>(len, gsr, nullptr, gxr, uc, v0, tl, th, itau, gv, gtau, gvth, k, vr, f);
+        }
+      }
+      std::copy(gv, gv + len, a.gv_init + n0);
+      if (a.gtau != nullptr) std::copy(gtau, gtau + len, a.gtau + n0);
+      if (a.gvth != nullptr) std::copy(gvth, gvth + len, a.gvth + n0);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------------------------
+// Dispatch and argument checks
+// ----------------------------------------------------------------------------------------------
+at::ScalarType state_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+template <typename F>
+void dispatch_storage(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    case at::kBFloat16: f(Bf16{}); break;
+    case at::kHalf: f(F16{}); break;
+    default: TORCH_CHECK(false, "lif: x must be float32, bfloat16, float16 or float64, got ", t);
+  }
+}
+
+void check_params(const at::Tensor& x, const at::Tensor& tau, const at::Tensor& vth,
+                  const std::optional<at::Tensor>& v_init, int64_t inner) {
+  const auto sd = state_dtype(x.scalar_type());
+  const int64_t N = x.size(1);
+  TORCH_CHECK(inner >= 1, "lif: inner must be >= 1, got ", inner);
+  for (const auto* p : {&tau, &vth}) {
+    const char* name = p == &tau ? "tau" : "v_threshold";
+    TORCH_CHECK(p->device().is_cpu(), "lif: ", name, " must be a CPU tensor");
+    TORCH_CHECK(p->dim() == 1 && p->numel() >= 1 && p->is_contiguous(), "lif: ", name,
+                " must be a contiguous 1-D tensor of length P >= 1, got shape ", p->sizes());
+    TORCH_CHECK(p->scalar_type() == sd, "lif: ", name, " must have the state dtype ", sd,
+                " (x is ", x.scalar_type(), "), got ", p->scalar_type());
+  }
+  TORCH_CHECK(tau.numel() == vth.numel(), "lif: tau and v_threshold must have the same length, got ",
+              tau.numel(), " and ", vth.numel());
+  if (v_init.has_value()) {
+    const auto& v = *v_init;
+    TORCH_CHECK(v.device().is_cpu(), "lif: v_init must be a CPU tensor");
+    TORCH_CHECK(v.dim() == 1 && v.size(0) == N && v.is_contiguous(),
+                "lif: v_init must be a contiguous tensor of shape [N] = [", N, "], got ", v.sizes());
+    TORCH_CHECK(v.scalar_type() == sd, "lif: v_init must have the state dtype ", sd, ", got ",
+                v.scalar_type());
+  }
+}
+
+void check_x(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 2, "lif: ", name, " must be 2-D [T, N], got shape ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(), "lif: ", name, " must be contiguous");
+  TORCH_CHECK(x.device().is_cpu(), "lif: ", name, " must be a CPU tensor");
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, "lif: ", name,
+              " must be float32, bfloat16, float16 or float64, got ", t);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward(
+    const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_threshold,
+    const std::optional<at::Tensor>& v_init, double v_reset, bool soft_reset, bool decay_input,
+    int64_t inner, bool save_state) {
+  check_x(x, "x");
+  check_params(x, tau, v_threshold, v_init, inner);
+  const int64_t T = x.size(0), N = x.size(1), P = tau.numel();
+  const auto sd = state_dtype(x.scalar_type());
+  at::Tensor spikes = at::empty({T, N}, x.options());
+  at::Tensor v_last = at::empty({N}, x.options().dtype(sd));
+  at::Tensor u = save_state ? at::empty({T, N}, x.options()) : at::empty({0}, x.options());
+
+  dispatch_storage(x.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    using R = typename Storage<S>::raw;
+    using A = typename Storage<S>::acc;
+    const R* xp = reinterpret_cast<const R*>(x.data_ptr());
+    R* sp = reinterpret_cast<R*>(spikes.data_ptr());
+    R* up = save_state ? reinterpret_cast<R*>(u.data_ptr()) : nullptr;
+    A* vl = v_last.data_ptr<A>();
+    const A* tp = tau.data_ptr<A>();
+    const A* hp = v_threshold.data_ptr<A>();
+    const A* vi = v_init.has_value() ? v_init->data_ptr<A>() : nullptr;
+    auto run = [&](auto decay_c, auto soft_c, auto save_c) {
+      forward_impl<S, decltype(decay_c)::value, decltype(soft_c)::value, decltype(save_c)::value>(
+          xp, sp, up, vl, tp, hp, vi, v_reset, T, N, inner, P);
+    };
+    using TT = std::true_type;
+    using FF = std::false_type;
+    auto run2 = [&](auto decay_c, auto soft_c) {
+      if (save_state) run(decay_c, soft_c, TT{}); else run(decay_c, soft_c, FF{});
+    };
+    auto run1 = [&](auto decay_c) {
+      if (soft_reset) run2(decay_c, TT{}); else run2(decay_c, FF{});
+    };
+    if (decay_input) run1(TT{}); else run1(FF{});
+  });
+  return {spikes, v_last, u};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& u,
+    const at::Tensor& tau, const at::Tensor& v_threshold, const std::optional<at::Tensor>& v_init,
+    double v_reset, bool soft_reset, bool decay_input, bool detach_reset, int64_t surrogate_id,
+    double alpha, int64_t inner, bool need_tau_grad, bool need_vth_grad) {
+  check_x(grad_spikes, "grad_spikes");
+  check_x(u, "u");
+  TORCH_CHECK(u.sizes() == grad_spikes.sizes(), "lif: u must have the shape of grad_spikes ",
+              grad_spikes.sizes(), " (was the forward run with save_state=True?), got ", u.sizes());
+  TORCH_CHECK(u.scalar_type() == grad_spikes.scalar_type(), "lif: u and grad_spikes must have the same dtype, got ",
+              u.scalar_type(), " and ", grad_spikes.scalar_type());
+  TORCH_CHECK(surrogate_id >= 0 && surrogate_id <= 4, "lif: surrogate id must be in 0..4, got ", surrogate_id);
+  check_params(u, tau, v_threshold, v_init, inner);
+  const int64_t T = u.size(0), N = u.size(1), P = tau.numel();
+  const auto sd = state_dtype(u.scalar_type());
+  if (grad_v_last.has_value()) {
+    const auto& g = *grad_v_last;
+    TORCH_CHECK(g.device().is_cpu(), "lif: grad_v_last must be a CPU tensor");
+    TORCH_CHECK(g.dim() == 1 && g.size(0) == N && g.is_contiguous(),
+                "lif: grad_v_last must be a contiguous tensor of shape [N] = [", N, "], got ", g.sizes());
+    TORCH_CHECK(g.scalar_type() == sd, "lif: grad_v_last must have the state dtype ", sd, ", got ",
+                g.scalar_type());
+  }
+  const auto sopt = u.options().dtype(sd);
+  at::Tensor grad_x = at::empty({T, N}, u.options());
+  at::Tensor grad_v_init = at::empty({N}, sopt);
+  at::Tensor grad_tau = need_tau_grad ? at::empty({N}, sopt) : at::empty({0}, sopt);
+  at::Tensor grad_vth = need_vth_grad ? at::empty({N}, sopt) : at::empty({0}, sopt);
+
+  dispatch_storage(u.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    using R = typename Storage<S>::raw;
+    using A = typename Storage<S>::acc;
+    BwdArgs<S> a;
+    a.gs = reinterpret_cast<const R*>(grad_spikes.data_ptr());
+    a.gv_last = grad_v_last.has_value() ? grad_v_last->data_ptr<A>() : nullptr;
+    a.u = reinterpret_cast<const R*>(u.data_ptr());
+    a.tau = tau.data_ptr<A>();
+    a.vth = v_threshold.data_ptr<A>();
+    a.v_init = v_init.has_value() ? v_init->data_ptr<A>() : nullptr;
+    a.gx = reinterpret_cast<R*>(grad_x.data_ptr());
+    a.gv_init = grad_v_init.data_ptr<A>();
+    a.gtau = need_tau_grad ? grad_tau.data_ptr<A>() : nullptr;
+    a.gvth = need_vth_grad ? grad_vth.data_ptr<A>() : nullptr;
+    a.v_reset = v_reset;
+    a.soft = soft_reset;
+    a.decay = decay_input;
+    a.detach = detach_reset;
+    a.alpha = alpha;
+    a.T = T;
+    a.N = N;
+    a.inner = inner;
+    a.P = P;
+    switch (surrogate_id) {
+      case kAtan: backward_impl<S, kAtan>(a); break;
+      case kSigmoid: backward_impl<S, kSigmoid>(a); break;
+      case kFastSigmoid: backward_impl<S, kFastSigmoid>(a); break;
+      case kTriangle: backward_impl<S, kTriangle>(a); break;
+      default: backward_impl<S, kRectangle>(a); break;
+    }
+  });
+  return {grad_x, grad_v_init, grad_tau, grad_vth};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(tna_cpp, m) {
+  m.def(
+      "lif_forward(Tensor x, Tensor tau, Tensor v_threshold, Tensor? v_init, float v_reset, "
+      "bool soft_reset, bool decay_input, int inner, bool save_state) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor u, Tensor tau, Tensor v_threshold, "
+      "Tensor? v_init, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
+      "int surrogate, float alpha, int inner, bool need_tau_grad, bool need_vth_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {
+  m.impl("lif_forward", &lif_forward);
+  m.impl("lif_backward", &lif_backward);
+}

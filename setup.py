@@ -1,0 +1,18 @@
+"""Packaging for tna-kernels: fused spiking-neuron kernels (C++ on CPU, Triton on CUDA)."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tna-kernels",
+    version="0.1.0",
+    description="Fused Triton/C++ kernels for spiking neural networks and the Twin Network Augmentation trainer",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tna_kernels", "tna_kernels.*"]) + ["tna_kernels.csrc"],
+    package_dir={"tna_kernels.csrc": "csrc"},
+    package_data={"tna_kernels.csrc": ["*.cpp"]},
+    install_requires=["torch>=2.4", "triton>=3.0; platform_system == 'Linux'", "numpy", "tqdm", "ninja"],
+    extras_require={"dev": ["pytest", "pytest-benchmark", "hypothesis"]},
+)

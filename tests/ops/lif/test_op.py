@@ -1,0 +1,118 @@
+"""The public function and custom ops: argument errors, backend choice, opcheck, torch.compile."""
+import pytest
+import torch
+
+import tna_kernels
+from tna_kernels import lif_multistep
+from tna_kernels.ops.lif import op as lif_op
+
+from .helpers import KERNEL_BACKENDS, kernel_device
+
+
+@pytest.mark.parametrize(
+    "make_args,error,match",
+    [
+        (lambda: (torch.ones(4, 3, dtype=torch.int32), {}), TypeError, "x must be a floating-point"),
+        (lambda: ([[1.0]], {}), TypeError, "x must be a torch.Tensor"),
+        (lambda: (torch.ones(0, 3), {}), ValueError, "x must be a non-empty"),
+        (lambda: (torch.tensor(1.0), {}), ValueError, "x must be a non-empty tensor of shape"),
+        (lambda: (torch.ones(4, 3), {"tau": 0.5}), ValueError, "tau must be >= 1"),
+        (lambda: (torch.ones(4, 3), {"tau": float("nan")}), ValueError, "tau must be >= 1"),
+        (lambda: (torch.ones(4, 2, 3), {"tau": torch.ones(5)}), ValueError, "tau must be a scalar or a 1-D"),
+        (lambda: (torch.ones(4, 2, 3), {"v_threshold": torch.ones(2, dtype=torch.int64)}), TypeError, "v_threshold"),
+        (lambda: (torch.ones(4, 3), {"v_init": torch.zeros(4)}), ValueError, r"v_init must have shape x.shape\[1:\]"),
+        (lambda: (torch.ones(4, 3), {"v_init": torch.zeros(3, dtype=torch.int64)}), TypeError, "v_init must be a floating"),
+        (lambda: (torch.ones(4, 3), {"v_init": torch.zeros(3, device="meta")}), ValueError, "v_init is on meta"),
+        (lambda: (torch.ones(4, 3), {"v_init": "zero"}), TypeError, "v_init must be None"),
+        (lambda: (torch.ones(4, 3), {"surrogate": "relu"}), ValueError, "surrogate must be one of"),
+        (lambda: (torch.ones(4, 3), {"alpha": -1.0}), ValueError, "alpha must be a positive"),
+        (lambda: (torch.ones(4, 3), {"v_reset": "zero"}), TypeError, "v_reset must be a float"),
+        (lambda: (torch.ones(4, 3), {"backend": "cuda"}), ValueError, "backend must be one of"),
+        (lambda: (torch.ones(4, 3, device="meta"), {"backend": "cpp"}), ValueError, "backend='cpp' runs on CPU"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(make_args, error, match):
+    x, kwargs = make_args()
+    with pytest.raises(error, match=match):
+        lif_multistep(x, **kwargs)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        lif_multistep(torch.ones(4, 3), backend="triton")
+
+
+def test_auto_backend_and_environment_override(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("TNA_BACKEND", raising=False)
+    assert lif_op.resolve_backend("auto", cpu) == "cpp"
+    monkeypatch.setenv("TNA_BACKEND", "torch")
+    assert lif_op.resolve_backend("auto", cpu) == "torch"
+    assert lif_op.resolve_backend("cpp", cpu) == "cpp"
+    monkeypatch.setenv("TNA_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="TNA_BACKEND must be one of"):
+        lif_op.resolve_backend("auto", cpu)
+
+
+def test_falls_back_to_reference_without_the_extension(monkeypatch):
+    monkeypatch.delenv("TNA_BACKEND", raising=False)
+    monkeypatch.setattr(lif_op, "cpp_extension_available", lambda: False)
+    assert lif_op.resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(RuntimeError, match="could not be built"):
+        lif_op.resolve_backend("cpp", torch.device("cpu"))
+    x = torch.randn(5, 4) + 1
+    torch.testing.assert_close(lif_multistep(x), lif_multistep(x, backend="torch"), rtol=0, atol=0)
+
+
+def _op_args(device, save_state, requires_grad):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 2, 3, 5, generator=gen) + 1).to(device).requires_grad_(requires_grad)
+    tau = torch.tensor([1.5, 2.0, 3.0], device=device, requires_grad=requires_grad)
+    vth = torch.tensor([0.8, 1.0, 1.2], device=device, requires_grad=requires_grad)
+    v_init = torch.rand(2, 3, 5, generator=gen).to(device).requires_grad_(requires_grad)
+    return x, tau, vth, v_init
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("save_state", [True, False])
+def test_opcheck_forward(backend, save_state):
+    x, tau, vth, v_init = _op_args(kernel_device(backend), save_state, requires_grad=True)
+    args = (x, tau, vth, v_init, 0.0, False, True, False, 0, 2.0, save_state, backend)
+    torch.library.opcheck(torch.ops.tna.lif_forward.default, args)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_opcheck_backward(backend):
+    x, tau, vth, v_init = _op_args(kernel_device(backend), True, requires_grad=False)
+    _, _, u = torch.ops.tna.lif_forward(x, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, backend)
+    grad_spikes, grad_v = torch.randn_like(x), torch.randn_like(v_init)
+    args = (grad_spikes, grad_v, u, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, True, backend)
+    torch.library.opcheck(torch.ops.tna.lif_backward.default, args)
+
+
+class _SpikingMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(12, 32)
+        self.lif1 = tna_kernels.nn.LIF(learnable_tau=True, channels=32, v_reset=None)
+        self.fc2 = torch.nn.Linear(32, 5)
+        self.lif2 = tna_kernels.nn.LIF(learnable_threshold=True)
+
+    def forward(self, x):  # [T, B, 12] -> [B, 5]
+        return self.lif2(self.fc2(self.lif1(self.fc1(x)))).mean(0)
+
+
+def test_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _SpikingMLP()
+    x = torch.randn(4, 3, 12) * 2
+    eager = model(x)
+    eager_grads = torch.autograd.grad(eager.square().sum(), list(model.parameters()))
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(out, eager)
+    for got, want in zip(grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,373 @@
+"""Public multi-step LIF: argument checks, backend choice, and the ``torch.library`` custom ops.
+
+The fused kernels run behind two custom ops, ``tna::lif_forward`` and ``tna::lif_backward``, with fake
+(meta) kernels and autograd registered here, so ``torch.compile`` sees one opaque node per LIF layer.
+The ``torch`` backend is the reference loop itself, differentiated by autograd.
+"""
+import math
+import os
+import types
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from ..._ext import cpp_extension_available
+from .reference import lif_multistep_reference, state_dtype
+from .surrogate import SURROGATES
+
+BACKENDS = ("auto", "torch", "cpp", "triton")
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` ("auto", "torch", "cpp", "triton") to the backend that will run on ``device``.
+
+    "auto" honours the ``TNA_BACKEND`` environment variable, then picks Triton for CUDA tensors and the
+    C++ extension for CPU tensors (the reference when the extension cannot be built, with one warning).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _resolve(backend, device.type)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device_type: str) -> str:
+    """``resolve_backend`` for a device type; torch.compile runs it once, at trace time."""
+    if backend == "auto":
+        backend = os.environ.get("TNA_BACKEND", "auto")
+        if backend not in BACKENDS:
+            raise ValueError(f"TNA_BACKEND must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device_type == "cuda":
+            return "triton"
+        return "cpp" if device_type == "cpu" and cpp_extension_available() else "torch"
+    if backend == "cpp":
+        if device_type != "cpu":
+            raise ValueError(f"backend='cpp' runs on CPU tensors only; x is on {device_type}")
+        if not cpp_extension_available():
+            raise RuntimeError(
+                "backend='cpp' was requested but the C++ extension could not be built; run "
+                "tna_kernels.build_extensions(verbose=True) to see the compiler output, or use backend='torch'"
+            )
+    if backend == "triton" and device_type != "cuda" and not _triton_interpreted():
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors (x is on {device_type}); set TRITON_INTERPRET=1 to run "
+            "the Triton kernels on CPU tensors through the interpreter"
+        )
+    return backend
+
+
+def _kernels(backend: str):
+    """The module-like object holding ``lif_forward`` / ``lif_backward`` for a kernel backend."""
+    if backend == "triton":
+        try:
+            from . import triton as triton_kernels
+        except ImportError as error:
+            raise ImportError("backend='triton' needs the triton package: pip install triton") from error
+        return triton_kernels
+    return types.SimpleNamespace(
+        lif_forward=torch.ops.tna_cpp.lif_forward, lif_backward=torch.ops.tna_cpp.lif_backward
+    )
+
+
+def _inner(shape, num_params: int) -> int:
+    """Neurons per channel entry: the product of the dims after dim 2 when parameters are per channel."""
+    return math.prod(shape[3:]) if num_params > 1 else 1
+
+
+@torch.library.custom_op("tna::lif_forward", mutates_args=())
+def lif_forward_op(
+    x: Tensor,
+    tau: Tensor,
+    v_threshold: Tensor,
+    v_init: Optional[Tensor],
+    v_reset: float,
+    soft_reset: bool,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate: int,
+    alpha: float,
+    save_state: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused LIF forward over all T steps.
+
+    x ``[T, *]`` contiguous; tau, v_threshold ``[P]`` in the state dtype; v_init ``[*]`` state dtype or None.
+    Returns spikes ``[T, *]`` (x's dtype), v_T ``[*]`` (state dtype) and, when ``save_state``, the saved
+    ``u = h - v_threshold`` ``[T, *]`` in x's dtype (else an empty ``(0,)`` tensor). ``detach_reset``,
+    ``surrogate`` (id) and ``alpha`` only matter to the backward.
+    """
+    steps, neurons = x.shape[0], math.prod(x.shape[1:])
+    spikes, v_last, u = _kernels(backend).lif_forward(
+        x.reshape(steps, neurons),
+        tau,
+        v_threshold,
+        None if v_init is None else v_init.reshape(neurons),
+        v_reset,
+        soft_reset,
+        decay_input,
+        _inner(x.shape, tau.numel()),
+        save_state,
+    )
+    return spikes.view(x.shape), v_last.view(x.shape[1:]), u.view(x.shape) if save_state else u
+
+
+@lif_forward_op.register_fake
+def _(x, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha, save_state, backend):
+    u = torch.empty_like(x) if save_state else x.new_empty(0)
+    return torch.empty_like(x), x.new_empty(x.shape[1:], dtype=state_dtype(x.dtype)), u
+
+
+@torch.library.custom_op("tna::lif_backward", mutates_args=())
+def lif_backward_op(
+    grad_spikes: Tensor,
+    grad_v_last: Optional[Tensor],
+    u: Tensor,
+    tau: Tensor,
+    v_threshold: Tensor,
+    v_init: Optional[Tensor],
+    v_reset: float,
+    soft_reset: bool,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate: int,
+    alpha: float,
+    need_tau_grad: bool,
+    need_vth_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fused reverse-time LIF backward.
+
+    grad_spikes and u ``[T, *]`` (x's dtype), grad_v_last ``[*]`` or None. Returns grad_x ``[T, *]``,
+    grad_v_init ``[*]`` (state dtype), grad_tau and grad_v_threshold ``[P]`` (empty when not requested).
+    """
+    steps, neurons = u.shape[0], math.prod(u.shape[1:])
+    inner = _inner(u.shape, tau.numel())
+    grad_x, grad_v_init, grad_tau, grad_vth = _kernels(backend).lif_backward(
+        grad_spikes.reshape(steps, neurons).contiguous(),
+        None if grad_v_last is None else grad_v_last.reshape(neurons).contiguous(),
+        u.reshape(steps, neurons),
+        tau,
+        v_threshold,
+        None if v_init is None else v_init.reshape(neurons),
+        v_reset,
+        soft_reset,
+        decay_input,
+        detach_reset,
+        surrogate,
+        alpha,
+        inner,
+        need_tau_grad,
+        need_vth_grad,
+    )
+    return (
+        grad_x.view(u.shape),
+        grad_v_init.view(u.shape[1:]),
+        _per_parameter(grad_tau, tau.numel(), inner),
+        _per_parameter(grad_vth, tau.numel(), inner),
+    )
+
+
+def _per_parameter(per_neuron: Tensor, num_params: int, inner: int) -> Tensor:
+    """Sum a per-neuron gradient ``[N]`` into ``[P]``: neuron n belongs to entry ``(n // inner) % P``."""
+    if per_neuron.numel() == 0:
+        return per_neuron.new_empty(0)
+    if num_params == 1:
+        return per_neuron.sum().reshape(1)
+    return per_neuron.view(-1, num_params, inner).sum((0, 2))
+
+
+@lif_backward_op.register_fake
+def _(grad_spikes, grad_v_last, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset,
+      surrogate, alpha, need_tau_grad, need_vth_grad, backend):
+    sd = state_dtype(u.dtype)
+    num_params = tau.numel()
+    return (
+        torch.empty_like(u),
+        u.new_empty(u.shape[1:], dtype=sd),
+        u.new_empty(num_params if need_tau_grad else 0, dtype=sd),
+        u.new_empty(num_params if need_vth_grad else 0, dtype=sd),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, tau, v_threshold, v_init, *options, save_state, backend = inputs
+    ctx.options = options
+    ctx.backend = backend
+    ctx.recompute = not save_state
+    ctx.save_for_backward(x if ctx.recompute else output[2], tau, v_threshold, v_init)
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # an unused v_T gives grad None, so the kernel can skip that term
+
+
+def _backward(ctx, grad_spikes, grad_v_last, grad_u):
+    saved, tau, v_threshold, v_init = ctx.saved_tensors
+    v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha = ctx.options
+    u = saved
+    if ctx.recompute:
+        u = lif_forward_op(saved, tau, v_threshold, v_init, *ctx.options, True, ctx.backend)[2]
+    need_x, need_tau, need_vth, need_v_init = ctx.needs_input_grad[:4]
+    if grad_spikes is None:
+        grad_spikes = torch.zeros_like(u)
+    grad_x, grad_v_init, grad_tau, grad_vth = lif_backward_op(
+        grad_spikes, grad_v_last, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset,
+        surrogate, alpha, need_tau, need_vth, ctx.backend,
+    )
+    return (
+        grad_x if need_x else None,
+        grad_tau if need_tau else None,
+        grad_vth if need_vth else None,
+        grad_v_init if need_v_init else None,
+    ) + (None,) * 8
+
+
+lif_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_x(x) -> None:
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a torch.Tensor of shape [T, *], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() == 0 or x.numel() == 0:
+        raise ValueError(f"x must be a non-empty tensor of shape [T, *], got shape {tuple(x.shape)}")
+
+
+def _as_parameter(name: str, value, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float or tensor parameter as a 1-D tensor of length 1 or C = x.shape[2], in ``dtype``."""
+    if torch.is_tensor(value):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {value.dtype}")
+        if value.device != x.device:
+            raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
+        if value.numel() != 1:
+            channels = x.shape[2] if x.dim() >= 3 else None
+            if value.dim() != 1 or value.numel() != channels:
+                raise ValueError(
+                    f"{name} must be a scalar or a 1-D tensor of length C = x.shape[2] "
+                    f"(x is [T, B, C, ...] = {tuple(x.shape)}), got shape {tuple(value.shape)}"
+                )
+        return value.reshape(-1).to(dtype)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite float or a tensor, got {value!r}")
+    return torch.full((1,), float(value), dtype=dtype, device=x.device)
+
+
+def _check_v_init(v_init, x: Tensor, dtype: torch.dtype) -> Optional[Tensor]:
+    if v_init is None:
+        return None
+    if not torch.is_tensor(v_init):
+        if isinstance(v_init, bool) or not isinstance(v_init, (int, float)):
+            raise TypeError(f"v_init must be None, a float or a tensor of shape x.shape[1:], got {v_init!r}")
+        return torch.full(x.shape[1:], float(v_init), dtype=dtype, device=x.device)
+    if v_init.shape != x.shape[1:]:
+        raise ValueError(
+            f"v_init must have shape x.shape[1:] = {tuple(x.shape[1:])}, got {tuple(v_init.shape)}"
+        )
+    if not v_init.is_floating_point():
+        raise TypeError(f"v_init must be a floating-point tensor, got dtype {v_init.dtype}")
+    if v_init.device != x.device:
+        raise ValueError(f"v_init is on {v_init.device} but x is on {x.device}")
+    return v_init.to(dtype).contiguous()
+
+
+def check_lif_options(tau, v_reset, surrogate: str, alpha) -> float:
+    """Validate the options shared by ``lif_multistep`` and ``nn.LIF``; returns the resolved alpha."""
+    if not torch.is_tensor(tau) and isinstance(tau, (int, float)) and not tau >= 1:
+        raise ValueError(f"tau must be >= 1 (the membrane time constant in steps), got {tau}")
+    if v_reset is not None and (isinstance(v_reset, bool) or not isinstance(v_reset, (int, float))):
+        raise TypeError(f"v_reset must be a float, or None for soft reset, got {v_reset!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
+    if alpha is None:
+        return SURROGATES[surrogate].default_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a positive float (or None for the surrogate's default), got {alpha!r}")
+    return float(alpha)
+
+
+def lif_multistep(
+    x: Tensor,
+    *,
+    tau=2.0,
+    v_threshold=1.0,
+    v_reset: Optional[float] = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = False,
+    surrogate: str = "atan",
+    alpha: Optional[float] = None,
+    v_init=None,
+    return_state: bool = False,
+    memory_saving: bool = False,
+    backend: str = "auto",
+):
+    """Multi-step leaky integrate-and-fire neuron over the leading time dimension, in one fused pass.
+
+    Args:
+        x: input current ``[T, *]`` (``[T, B, C, ...]`` for per-channel parameters), float32, bfloat16,
+            float16 or float64; any memory layout.
+        tau: membrane time constant >= 1: a float, a one-element tensor, or a length-C tensor for
+            per-channel values (C = ``x.shape[2]``). Tensors may require grad; their values are not
+            checked (that would synchronize the device).
+        v_threshold: firing threshold, same forms as ``tau``.
+        v_reset: hard-reset potential, or None for soft reset (subtract the threshold).
+        decay_input: whether the input is divided by tau (SpikingJelly's ``decay_input``).
+        detach_reset: stop the gradient through the spike in the reset path.
+        surrogate: one of "atan", "sigmoid", "fast_sigmoid", "triangle", "rectangle".
+        alpha: surrogate sharpness; None takes the surrogate's default.
+        v_init: initial membrane ``[*]`` (a float broadcasts); defaults to ``v_reset`` (0 for soft reset).
+        return_state: also return the final membrane ``v_T`` (pass it as the next chunk's ``v_init``).
+        memory_saving: keep nothing for backward but ``x``; the membrane is recomputed in backward.
+        backend: "auto", "torch" (the reference loop), "cpp" or "triton"; "auto" honours ``TNA_BACKEND``.
+
+    Returns:
+        spikes ``[T, *]`` in x's dtype (0 or 1), and ``v_T`` ``[*]`` (float32, float64 for float64 x)
+        when ``return_state``.
+    """
+    _check_x(x)
+    alpha = check_lif_options(tau, v_reset, surrogate, alpha)
+    backend = resolve_backend(backend, x.device)
+    if backend != "torch" and x.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"x dtype {x.dtype} is not supported by the {backend} backend; use one of {_KERNEL_DTYPES}")
+    dtype = state_dtype(x.dtype)
+    tau_t = _as_parameter("tau", tau, x, dtype)
+    v_threshold_t = _as_parameter("v_threshold", v_threshold, x, dtype)
+    num_params = max(tau_t.numel(), v_threshold_t.numel())
+    tau_t, v_threshold_t = tau_t.expand(num_params).contiguous(), v_threshold_t.expand(num_params).contiguous()
+    v_init_t = _check_v_init(v_init, x, dtype)
+
+    if backend == "torch":
+        def run(x, tau, v_threshold, v_init):
+            return lif_multistep_reference(
+                x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, v_init
+            )
+
+        if memory_saving and torch.is_grad_enabled():
+            spikes, v_last = checkpoint(run, x, tau_t, v_threshold_t, v_init_t, use_reentrant=False)
+        else:
+            spikes, v_last = run(x, tau_t, v_threshold_t, v_init_t)
+    else:
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, tau_t, v_threshold_t, v_init_t)
+        )
+        spikes, v_last, _ = lif_forward_op(
+            x.contiguous(),
+            tau_t,
+            v_threshold_t,
+            v_init_t,
+            0.0 if v_reset is None else float(v_reset),
+            v_reset is None,
+            bool(decay_input),
+            bool(detach_reset),
+            SURROGATES[surrogate].id,
+            alpha,
+            needs_grad and not memory_saving,
+            backend,
+        )
+    return (spikes, v_last) if return_state else spikes
