@@ -46,6 +46,7 @@ template <>
 struct Storage<float> {
   using raw = float;
   using acc = float;
+  static constexpr raw kOne = 1.0f;
   static inline acc load(raw v) { return v; }
   static inline raw store(acc v) { return v; }
 };
@@ -54,6 +55,7 @@ template <>
 struct Storage<double> {
   using raw = double;
   using acc = double;
+  static constexpr raw kOne = 1.0;
   static inline acc load(raw v) { return v; }
   static inline raw store(acc v) { return v; }
 };
@@ -62,6 +64,7 @@ template <>
 struct Storage<Bf16> {
   using raw = uint16_t;
   using acc = float;
+  static constexpr raw kOne = 0x3f80;  // 1.0
   static inline float load(uint16_t v) { return bit_as<float>(static_cast<uint32_t>(v) << 16); }
   // Round to nearest even, NaN -> quiet NaN (same as c10::BFloat16).
   static inline uint16_t store(float f) {
@@ -75,6 +78,7 @@ template <>
 struct Storage<F16> {
   using raw = uint16_t;
   using acc = float;
+  static constexpr raw kOne = 0x3c00;  // 1.0
   // IEEE half -> float, exact (normal, subnormal, inf, NaN), branch-free.
   static inline float load(uint16_t hv) {
     const uint32_t h = hv;
@@ -110,11 +114,12 @@ using acc_t = typename Storage<S>::acc;
 
 // s = 1 if u is not NaN and its sign bit is clear. Exact recovery of the forward's (u >= 0) from
 // a rounded u: rounding never changes the sign, and the forward stores -0 as +0.
+// As unsigned integers, exactly the values with a clear sign bit that are not NaN are <= +inf.
 inline float spike_of(float u) {
-  return (u == u && bit_as<int32_t>(u) >= 0) ? 1.0f : 0.0f;
+  return bit_as<uint32_t>(u) <= 0x7f800000u ? 1.0f : 0.0f;
 }
 inline double spike_of(double u) {
-  return (u == u && bit_as<int64_t>(u) >= 0) ? 1.0 : 0.0;
+  return bit_as<uint64_t>(u) <= 0x7ff0000000000000ull ? 1.0 : 0.0;
 }
 
 // Select on a loop-invariant flag given as an all-ones / all-zeros bit mask. gcc 12 does not
@@ -156,10 +161,10 @@ struct SurrConst {
 // exp for float, Cephes polynomial (about 1 ulp), branch-free so that it vectorizes.
 // Overflow gives inf, underflow 0, NaN stays NaN.
 inline float exp_f32(float x) {
-  float xc = x > 88.8f ? 88.8f : x;
-  xc = xc < -104.0f ? -104.0f : xc;
-  float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  fn = fn == fn ? fn : 0.0f;
+  // Clamp (NaN becomes 88.8 here and is restored at the end); `a < b ? a : b` maps to vminps.
+  float xc = x < 88.8f ? x : 88.8f;
+  xc = xc > -104.0f ? xc : -104.0f;
+  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   float r = xc - fn * 0.693359375f;
   r = r - fn * -2.12194440e-4f;
   const float z = r * r;
@@ -170,12 +175,13 @@ inline float exp_f32(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  const int32_t n = static_cast<int32_t>(fn);
+  const int32_t n = static_cast<int32_t>(fn);  // in [-150, 128]: scale in two steps
   const int32_t n1 = n >> 1;
   const int32_t n2 = n - n1;
   const float p1 = bit_as<float>(static_cast<uint32_t>(n1 + 127) << 23);
   const float p2 = bit_as<float>(static_cast<uint32_t>(n2 + 127) << 23);
-  return y * p1 * p2;
+  const float e = y * p1 * p2;
+  return x == x ? e : x;
 }
 inline double exp_acc(double x) { return std::exp(x); }
 inline float exp_acc(float x) { return exp_f32(x); }
@@ -207,6 +213,20 @@ inline void gather_param(A* dst, const A* src, int64_t n0, int64_t len, int64_t 
     return;
   }
   for (int64_t i = 0; i < len; ++i) dst[i] = src[((n0 + i) / inner) % P];
+}
+
+// The inner loops run in blocks of kBlock neurons. Before each block they prefetch the same block
+// of the rows the next time step will use: every step of a chunk touches a new short piece of
+// each [T, N] tensor, which the hardware prefetchers do not anticipate (about 1.5x faster on
+// large inputs). Spreading the prefetches over the blocks keeps few misses in flight at a time.
+constexpr int64_t kBlock = 64;
+
+// Prefetch the cache lines of p[0, n) (RW: 0 read, 1 write); nothing when p is null.
+template <int RW, typename R>
+inline void prefetch_block(const R* p, int64_t n) {
+  if (p == nullptr) return;
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(R)); o += 64) __builtin_prefetch(c + o, RW, 3);
 }
 
 inline int64_t grain_for(int64_t T, int64_t N, int64_t nchunks) {
@@ -246,25 +266,33 @@ void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage
         const R* __restrict xr = x + t * N + n0;
         R* __restrict sr = spikes + t * N + n0;
         R* __restrict ur = SAVE ? u_out + t * N + n0 : nullptr;
+        const bool more = t + 1 < T;
+        for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+          const int64_t i1 = std::min(i0 + kBlock, len);
+          prefetch_block<0>(more ? xr + N + i0 : nullptr, i1 - i0);
+          prefetch_block<1>(more ? sr + N + i0 : nullptr, i1 - i0);
+          prefetch_block<1>(more && SAVE ? ur + N + i0 : nullptr, i1 - i0);
 #pragma omp simd
-        for (int64_t i = 0; i < len; ++i) {
-          const A xt = Storage<S>::load(xr[i]);
-          const A vv = v[i];
-          A h;
-          if constexpr (DECAY) {
-            h = vv + (xt - (vv - vr_)) / tl[i];
-          } else {
-            h = (vv - (vv - vr_) / tl[i]) + xt;
+          for (int64_t i = i0; i < i1; ++i) {
+            const A xt = Storage<S>::load(xr[i]);
+            const A vv = v[i];
+            A h;
+            if constexpr (DECAY) {
+              h = vv + (xt - (vv - vr_)) / tl[i];
+            } else {
+              h = (vv - (vv - vr_) / tl[i]) + xt;
+            }
+            const A u = h - th[i];
+            const bool fire = u >= A(0);
+            const A s = fire ? A(1) : A(0);
+            if constexpr (SOFT) {
+              v[i] = h - th[i] * s;
+            } else {
+              v[i] = h * (A(1) - s) + vr_ * s;
+            }
+            sr[i] = fire ? Storage<S>::kOne : R(0);
+            if constexpr (SAVE) ur[i] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
           }
-          const A u = h - th[i];
-          const A s = u >= A(0) ? A(1) : A(0);
-          if constexpr (SOFT) {
-            v[i] = h - th[i] * s;
-          } else {
-            v[i] = h * (A(1) - s) + vr_ * s;
-          }
-          sr[i] = Storage<S>::store(s);
-          if constexpr (SAVE) ur[i] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
         }
       }
       std::copy(v, v + len, v_last + n0);
@@ -290,30 +318,38 @@ struct BwdArgs {
   A* gtau;  // nullable
   A* gvth;  // nullable
   double v_reset;
-  bool soft, decay, detach;
+  bool detach;
   double alpha;
   int64_t T, N, inner, P;
 };
 
-// Loop-invariant options of the backward, as bit masks for pick().
+// Runtime options of the backward, as bit masks for pick(); soft_reset and decay_input are
+// template parameters instead (they change most of the loop body).
 template <typename A>
 struct BwdFlags {
-  bits_t<A> soft, decay, detach, use_gv;
+  bits_t<A> detach, use_gv;
 };
 
 // One reverse-time step for one chunk. uc holds u[t] in the state dtype on entry and u[t-1] on
 // exit (FIRST: t == 0, v_prev comes from v0 instead).
-template <typename S, int SURR, bool FIRST>
+// gs_next, u_next, gx_next: the rows of the next step (t - 1) to prefetch, or null.
+template <typename S, int SURR, bool SOFT, bool DECAY, bool FIRST>
 inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw_t<S>* __restrict upr,
-                          raw_t<S>* __restrict gxr, acc_t<S>* __restrict uc, const acc_t<S>* __restrict v0,
+                          raw_t<S>* __restrict gxr, const raw_t<S>* gs_next, const raw_t<S>* u_next,
+                          const raw_t<S>* gx_next, acc_t<S>* __restrict uc, const acc_t<S>* __restrict v0,
                           const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th,
                           const acc_t<S>* __restrict itau, acc_t<S>* __restrict gv, acc_t<S>* __restrict gtau,
                           acc_t<S>* __restrict gvth, const SurrConst<acc_t<S>>& k, acc_t<S> vr,
                           const BwdFlags<acc_t<S>>& f) {
   using A = acc_t<S>;
-  const bits_t<A> soft = f.soft, decay = f.decay, detach = f.detach, use_gv = f.use_gv;
+  const bits_t<A> detach = f.detach, use_gv = f.use_gv;
+  for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+    const int64_t i1 = std::min(i0 + kBlock, len);
+    prefetch_block<0>(gs_next ? gs_next + i0 : nullptr, i1 - i0);
+    prefetch_block<0>(u_next ? u_next + i0 : nullptr, i1 - i0);
+    prefetch_block<1>(gx_next ? gx_next + i0 : nullptr, i1 - i0);
 #pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
+  for (int64_t i = i0; i < i1; ++i) {
     const A u = uc[i];
     const A vth = th[i];
     const A ta = tl[i];
@@ -321,15 +357,16 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
     const A s = spike_of(u);
     const A sg = surrogate<SURR>(u, k);
     const A gsg = Storage<S>::load(gsr[i]) * sg;
-    // soft: dvdh = 1 - vth*sg, dvdvth = -s + vth*sg; hard: dvdh = (1-s) + (vr-h)*sg,
-    // dvdvth = -(vr-h)*sg; detach_reset drops the sg terms.
-    const A vsg = vth * sg;
-    const A dvdh_soft = pick(detach, A(1), A(1) - vsg);
-    const A dvdvth_soft = pick(detach, -s, -s + vsg);
-    const A dvdh_hard = pick(detach, A(1) - s, (A(1) - s) + (vr - h) * sg);
-    const A dvdvth_hard = pick(detach, A(0), -(vr - h) * sg);
-    const A dvdh = pick(soft, dvdh_soft, dvdh_hard);
-    const A dvdvth = pick(soft, dvdvth_soft, dvdvth_hard);
+    // detach_reset drops the sg terms of dv/dh and dv/dvth.
+    A dvdh, dvdvth;
+    if constexpr (SOFT) {
+      const A vsg = vth * sg;
+      dvdh = pick(detach, A(1), A(1) - vsg);
+      dvdvth = pick(detach, -s, -s + vsg);
+    } else {
+      dvdh = pick(detach, A(1) - s, (A(1) - s) + (vr - h) * sg);
+      dvdvth = pick(detach, A(0), -(vr - h) * sg);
+    }
     const A g = gv[i];
     // Without grad_v_last the last step has no v path at all (as in autograd): skip it, so a
     // NaN / inf in dv/dh there does not leak in through 0 * NaN.
@@ -342,18 +379,28 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
       const A up = Storage<S>::load(upr[i]);
       const A hp = up + vth;
       const A sp = spike_of(up);
-      vp = pick(soft, hp - vth * sp, hp * (A(1) - sp) + vr * sp);
+      if constexpr (SOFT) {
+        vp = hp - vth * sp;
+      } else {
+        vp = hp * (A(1) - sp) + vr * sp;
+      }
       uc[i] = up;
     }
-    // d h / d tau = -(h - v_prev) / tau (decay_input) or (v_prev - vr) / tau^2; one division, q.
-    const A q = gh / ta;
-    gtau[i] = gtau[i] + pick(decay, -(h - vp), (vp - vr) * itau[i]) * q;
-    gxr[i] = Storage<S>::store(pick(decay, q, gh));
+    // d h / d tau = -(h - v_prev) / tau (decay_input) or (v_prev - vr) / tau^2.
+    if constexpr (DECAY) {
+      const A q = gh / ta;
+      gtau[i] = gtau[i] + -(h - vp) * q;
+      gxr[i] = Storage<S>::store(q);
+    } else {
+      gtau[i] = gtau[i] + gh * ((vp - vr) * itau[i] * itau[i]);
+      gxr[i] = Storage<S>::store(gh);
+    }
     gv[i] = gh * (A(1) - itau[i]);
+  }
   }
 }
 
-template <typename S, int SURR>
+template <typename S, int SURR, bool SOFT, bool DECAY>
 void backward_impl(const BwdArgs<S>& a) {
   using A = typename Storage<S>::acc;
   const A vr = static_cast<A>(a.v_reset);
@@ -392,15 +439,19 @@ void backward_impl(const BwdArgs<S>& a) {
         for (int64_t i = 0; i < len; ++i) uc[i] = Storage<S>::load(ur[i]);
       }
       for (int64_t t = T - 1; t >= 0; --t) {
-        const BwdFlags<A> f{mask_of<A>(a.soft), mask_of<A>(a.decay), mask_of<A>(a.detach),
-                            mask_of<A>(a.gv_last != nullptr || t < T - 1)};
+        const BwdFlags<A> f{mask_of<A>(a.detach), mask_of<A>(a.gv_last != nullptr || t < T - 1)};
         const auto* gsr = a.gs + t * N + n0;
         auto* gxr = a.gx + t * N + n0;
+        // rows of step t - 1, prefetched during this step
+        const auto* gs_next = t >= 1 ? gsr - N : nullptr;
+        const auto* u_next = t >= 2 ? a.u + (t - 2) * N + n0 : nullptr;
+        const auto* gx_next = t >= 1 ? gxr - N : nullptr;
         if (t > 0) {
-          backward_step<S, SURR, false>(len, gsr, a.u + (t - 1) * N + n0, gxr, uc, v0, tl, th, itau, gv,
-                                        gtau, gvth, k, vr, f);
+          backward_step<S, SURR, SOFT, DECAY, false>(len, gsr, a.u + (t - 1) * N + n0, gxr, gs_next, u_next,
+                                                     gx_next, uc, v0, tl, th, itau, gv, gtau, gvth, k, vr, f);
         } else {
-          backward_step<S, SURR, true>(len, gsr, nullptr, gxr, uc, v0, tl, th, itau, gv, gtau, gvth, k, vr, f);
+          backward_step<S, SURR, SOFT, DECAY, true>(len, gsr, nullptr, gxr, nullptr, nullptr, nullptr, uc, v0,
+                                                    tl, th, itau, gv, gtau, gvth, k, vr, f);
         }
       }
       std::copy(gv, gv + len, a.gv_init + n0);
@@ -547,20 +598,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
     a.gtau = need_tau_grad ? grad_tau.data_ptr<A>() : nullptr;
     a.gvth = need_vth_grad ? grad_vth.data_ptr<A>() : nullptr;
     a.v_reset = v_reset;
-    a.soft = soft_reset;
-    a.decay = decay_input;
     a.detach = detach_reset;
     a.alpha = alpha;
     a.T = T;
     a.N = N;
     a.inner = inner;
     a.P = P;
+    auto run = [&](auto surr_c) {
+      constexpr int SURR = decltype(surr_c)::value;
+      if (soft_reset) {
+        if (decay_input) backward_impl<S, SURR, true, true>(a); else backward_impl<S, SURR, true, false>(a);
+      } else {
+        if (decay_input) backward_impl<S, SURR, false, true>(a); else backward_impl<S, SURR, false, false>(a);
+      }
+    };
     switch (surrogate_id) {
-      case kAtan: backward_impl<S, kAtan>(a); break;
-      case kSigmoid: backward_impl<S, kSigmoid>(a); break;
-      case kFastSigmoid: backward_impl<S, kFastSigmoid>(a); break;
-      case kTriangle: backward_impl<S, kTriangle>(a); break;
-      default: backward_impl<S, kRectangle>(a); break;
+      case kAtan: run(std::integral_constant<int, kAtan>{}); break;
+      case kSigmoid: run(std::integral_constant<int, kSigmoid>{}); break;
+      case kFastSigmoid: run(std::integral_constant<int, kFastSigmoid>{}); break;
+      case kTriangle: run(std::integral_constant<int, kTriangle>{}); break;
+      default: run(std::integral_constant<int, kRectangle>{}); break;
     }
   });
   return {grad_x, grad_v_init, grad_tau, grad_vth};

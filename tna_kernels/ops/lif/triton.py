@@ -215,27 +215,36 @@ def lif_bwd_kernel(
         b_h = b_u + b_vth
         b_s = _spike_from_u(b_u)
         b_sg = _surrogate_grad(b_u, b_a, b_b, SURROGATE)
+        # dv/dh and dv/dvth of the reset (v does not depend on vth for a detached hard reset)
         if SOFT_RESET:
             if DETACH_RESET:
                 b_dvdh = tl.full([BLOCK_N], 1., b_tau.dtype)
+                b_dvdvth = -b_s
             else:
                 b_dvdh = 1. - b_vth * b_sg
+                b_dvdvth = -b_s + b_vth * b_sg
         else:
             if DETACH_RESET:
                 b_dvdh = 1. - b_s
+                b_dvdvth = tl.zeros([BLOCK_N], b_tau.dtype)
             else:
                 b_dvdh = (1. - b_s) + (b_vr - b_h) * b_sg
-        b_gh = b_gs * b_sg + b_gv * b_dvdh
+                b_dvdvth = -(b_vr - b_h) * b_sg
+        b_gv_dvdh = b_gv * b_dvdh
+        b_gv_dvdvth = b_gv * b_dvdvth
+        if not HAS_GRAD_V_LAST:
+            # v[T-1] has no gradient at all: its terms are absent, not 0 * (a factor that may be NaN)
+            b_gv_dvdh = tl.where(i_t < T - 1, b_gv_dvdh, 0.)
+            b_gv_dvdvth = tl.where(i_t < T - 1, b_gv_dvdvth, 0.)
+        b_gh = b_gs * b_sg + b_gv_dvdh
 
         if NEED_VTH_GRAD:
-            b_dvth += -b_gs * b_sg
             if SOFT_RESET:
-                if DETACH_RESET:
-                    b_dvth += b_gv * (-b_s)
-                else:
-                    b_dvth += b_gv * (-b_s + b_vth * b_sg)
-            elif not DETACH_RESET:
-                b_dvth += b_gv * (-(b_vr - b_h) * b_sg)
+                b_dvth += -b_gs * b_sg + b_gv_dvdvth
+            elif DETACH_RESET:
+                b_dvth += -b_gs * b_sg
+            else:
+                b_dvth += -b_gs * b_sg + b_gv_dvdvth
 
         if NEED_TAU_GRAD:
             b_hp = b_up + b_vth
