@@ -8,8 +8,8 @@
 // its state (v, gradients, the per-neuron copy of tau / v_threshold) in small local arrays, so the
 // inner loops over neurons are index-free and branch-free: gcc -O3 -march=native vectorizes them.
 // bf16 / fp16 storage is converted with plain integer code (no function calls) for the same reason.
-// Compiled without -ffast-math and with -ffp-contract=off so that float32 forward results equal
-// the PyTorch reference bit for bit.
+// Built without -ffast-math (and with -ffp-contract=off) and with the operation order of the
+// interface, so that float32 forward results equal the PyTorch reference bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -112,9 +112,9 @@ using raw_t = typename Storage<S>::raw;
 template <typename S>
 using acc_t = typename Storage<S>::acc;
 
-// s = 1 if u is not NaN and its sign bit is clear. Exact recovery of the forward's (u >= 0) from
-// a rounded u: rounding never changes the sign, and the forward stores -0 as +0.
-// As unsigned integers, exactly the values with a clear sign bit that are not NaN are <= +inf.
+// s = 1 if u is not NaN and its sign bit is clear: recovers the forward's (u >= 0) exactly from a
+// rounded u, since rounding keeps the sign and the forward stores -0 as +0. (Seen as unsigned
+// integers, the values with a clear sign bit that are not NaN are exactly those <= +inf.)
 inline float spike_of(float u) {
   return bit_as<uint32_t>(u) <= 0x7f800000u ? 1.0f : 0.0f;
 }
@@ -205,25 +205,27 @@ inline A surrogate(A u, const SurrConst<A>& k) {
   }
 }
 
-// Per-chunk copy of a length-P parameter: neuron n uses index (n / inner) % P.
+// Per-chunk copy of a length-P parameter: neuron n uses index (n / inner) % P. Filled run by run
+// (one division per chunk, not per neuron).
 template <typename A>
 inline void gather_param(A* dst, const A* src, int64_t n0, int64_t len, int64_t inner, int64_t P) {
-  if (P == 1) {
-    std::fill(dst, dst + len, src[0]);
-    return;
+  int64_t p = (n0 / inner) % P;
+  int64_t i = 0;
+  int64_t run = inner - n0 % inner;  // neurons left in the current run of index p
+  while (i < len) {
+    const int64_t m = std::min(run, len - i);
+    std::fill(dst + i, dst + i + m, src[p]);
+    i += m;
+    run = inner;
+    p = p + 1 == P ? 0 : p + 1;
   }
-  for (int64_t i = 0; i < len; ++i) dst[i] = src[((n0 + i) / inner) % P];
 }
 
-// The inner loops run in blocks of kBlock neurons. Before each block they prefetch the same block
-// of the rows the next time step will use: every step of a chunk touches a new short piece of
-// each [T, N] tensor, which the hardware prefetchers do not anticipate (about 1.5x faster on
-// large inputs). Spreading the prefetches over the blocks keeps few misses in flight at a time.
-constexpr int64_t kBlock = 64;
-
-// Prefetch the cache lines of p[0, n) (RW: 0 read, 1 write); nothing when p is null.
+// Each time step of a chunk touches a new short piece (kChunk elements) of every [T, N] tensor,
+// which the hardware prefetchers do not anticipate; so each step first prefetches the pieces the
+// next step will use (faster on inputs larger than the caches).
 template <int RW, typename R>
-inline void prefetch_block(const R* p, int64_t n) {
+inline void prefetch_row(const R* p, int64_t n) {
   if (p == nullptr) return;
   const char* c = reinterpret_cast<const char*>(p);
   for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(R)); o += 64) __builtin_prefetch(c + o, RW, 3);
@@ -266,33 +268,31 @@ void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage
         const R* __restrict xr = x + t * N + n0;
         R* __restrict sr = spikes + t * N + n0;
         R* __restrict ur = SAVE ? u_out + t * N + n0 : nullptr;
-        const bool more = t + 1 < T;
-        for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
-          const int64_t i1 = std::min(i0 + kBlock, len);
-          prefetch_block<0>(more ? xr + N + i0 : nullptr, i1 - i0);
-          prefetch_block<1>(more ? sr + N + i0 : nullptr, i1 - i0);
-          prefetch_block<1>(more && SAVE ? ur + N + i0 : nullptr, i1 - i0);
+        if (t + 1 < T) {
+          prefetch_row<0>(xr + N, len);
+          prefetch_row<1>(sr + N, len);
+          if (SAVE) prefetch_row<1>(ur + N, len);
+        }
 #pragma omp simd
-          for (int64_t i = i0; i < i1; ++i) {
-            const A xt = Storage<S>::load(xr[i]);
-            const A vv = v[i];
-            A h;
-            if constexpr (DECAY) {
-              h = vv + (xt - (vv - vr_)) / tl[i];
-            } else {
-              h = (vv - (vv - vr_) / tl[i]) + xt;
-            }
-            const A u = h - th[i];
-            const bool fire = u >= A(0);
-            const A s = fire ? A(1) : A(0);
-            if constexpr (SOFT) {
-              v[i] = h - th[i] * s;
-            } else {
-              v[i] = h * (A(1) - s) + vr_ * s;
-            }
-            sr[i] = fire ? Storage<S>::kOne : R(0);
-            if constexpr (SAVE) ur[i] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
+        for (int64_t i = 0; i < len; ++i) {
+          const A xt = Storage<S>::load(xr[i]);
+          const A vv = v[i];
+          A h;
+          if constexpr (DECAY) {
+            h = vv + (xt - (vv - vr_)) / tl[i];
+          } else {
+            h = (vv - (vv - vr_) / tl[i]) + xt;
           }
+          const A u = h - th[i];
+          const bool fire = u >= A(0);
+          const A s = fire ? A(1) : A(0);
+          if constexpr (SOFT) {
+            v[i] = h - th[i] * s;
+          } else {
+            v[i] = h * (A(1) - s) + vr_ * s;
+          }
+          sr[i] = fire ? Storage<S>::kOne : R(0);
+          if constexpr (SAVE) ur[i] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
         }
       }
       std::copy(v, v + len, v_last + n0);
@@ -343,13 +343,11 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
                           const BwdFlags<acc_t<S>>& f) {
   using A = acc_t<S>;
   const bits_t<A> detach = f.detach, use_gv = f.use_gv;
-  for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
-    const int64_t i1 = std::min(i0 + kBlock, len);
-    prefetch_block<0>(gs_next ? gs_next + i0 : nullptr, i1 - i0);
-    prefetch_block<0>(u_next ? u_next + i0 : nullptr, i1 - i0);
-    prefetch_block<1>(gx_next ? gx_next + i0 : nullptr, i1 - i0);
+  prefetch_row<0>(gs_next, len);
+  prefetch_row<0>(u_next, len);
+  prefetch_row<1>(gx_next, len);
 #pragma omp simd
-  for (int64_t i = i0; i < i1; ++i) {
+  for (int64_t i = 0; i < len; ++i) {
     const A u = uc[i];
     const A vth = th[i];
     const A ta = tl[i];
@@ -396,7 +394,6 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
       gxr[i] = Storage<S>::store(gh);
     }
     gv[i] = gh * (A(1) - itau[i]);
-  }
   }
 }
 
