@@ -65,7 +65,7 @@ def _time_ms(fn, device: str, quick: bool) -> float:
         return float(triton.testing.do_bench(fn, warmup=5 if quick else 25, rep=20 if quick else 200, return_mode="median"))
     from torch.utils import benchmark
 
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=0.2 if quick else 1.5).median * 1e3
 
 
@@ -111,12 +111,12 @@ def _check(impl, name, x):
         raise AssertionError(f"{name} disagrees with the reference on {mismatch:.2e} of the spikes")
 
 
-def bench(device: str, shapes, dtypes, quick: bool):
+def bench(device: str, jobs, quick: bool):
+    """Time every implementation on each ``(shape, dtype)`` of ``jobs``; returns one row per measurement."""
     from tqdm import tqdm
 
     impls = _implementations(device)
     rows = []
-    jobs = [(shape, dtype) for shape in shapes for dtype in dtypes]
     for shape, dtype in tqdm(jobs, desc=f"LIF on {device}", file=sys.stderr):
         x = (torch.randn(shape, device=device) * 1.5 + 1).to(dtype)
         grad = torch.randn(shape, device=device).to(dtype)
@@ -211,7 +211,7 @@ def main(argv=None):
         commit=_commit(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         copy_GBps=copy_bandwidth_gbps(args.device, args.quick),
-        rows=bench(args.device, shapes, dtypes, args.quick),
+        rows=bench(args.device, jobs, args.quick),
     )
     slug = re.sub(r"[^a-z0-9]+", "-", args.device + "-" + result["device"].lower()).strip("-")[:60]
     out = args.out or RESULTS / f"lif_{slug}{'_quick' if args.quick else ''}.json"

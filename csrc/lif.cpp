@@ -333,12 +333,12 @@ struct BwdFlags {
 // One reverse-time step for one chunk. uc holds u[t] in the state dtype on entry and u[t-1] on
 // exit (FIRST: t == 0, v_prev comes from v0 instead).
 // gs_next, u_next, gx_next: the rows of the next step (t - 1) to prefetch, or null.
-template <typename S, int SURR, bool SOFT, bool DECAY, bool FIRST>
+// PARAMS: accumulate the per-neuron tau / v_threshold gradients (skipped when neither is needed).
+template <typename S, int SURR, bool SOFT, bool DECAY, bool PARAMS, bool FIRST>
 inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw_t<S>* __restrict upr,
                           raw_t<S>* __restrict gxr, const raw_t<S>* gs_next, const raw_t<S>* u_next,
                           const raw_t<S>* gx_next, acc_t<S>* __restrict uc, const acc_t<S>* __restrict v0,
-                          const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th,
-                          const acc_t<S>* __restrict itau, acc_t<S>* __restrict gv, acc_t<S>* __restrict gtau,
+                          const acc_t<S>* __restrict th, const acc_t<S>* __restrict itau, acc_t<S>* __restrict gv, acc_t<S>* __restrict gtau,
                           acc_t<S>* __restrict gvth, const SurrConst<acc_t<S>>& k, acc_t<S> vr,
                           const BwdFlags<acc_t<S>>& f) {
   using A = acc_t<S>;
@@ -350,7 +350,6 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
   for (int64_t i = 0; i < len; ++i) {
     const A u = uc[i];
     const A vth = th[i];
-    const A ta = tl[i];
     const A h = u + vth;
     const A s = spike_of(u);
     const A sg = surrogate<SURR>(u, k);
@@ -369,35 +368,35 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
     // Without grad_v_last the last step has no v path at all (as in autograd): skip it, so a
     // NaN / inf in dv/dh there does not leak in through 0 * NaN.
     const A gh = pick(use_gv, gsg + g * dvdh, gsg);
-    gvth[i] = gvth[i] + pick(use_gv, -gsg + g * dvdvth, -gsg);
-    A vp;
-    if constexpr (FIRST) {
-      vp = v0[i];
-    } else {
-      const A up = Storage<S>::load(upr[i]);
-      const A hp = up + vth;
-      const A sp = spike_of(up);
-      if constexpr (SOFT) {
-        vp = hp - vth * sp;
+    const A up = FIRST ? A(0) : Storage<S>::load(upr[i]);
+    if constexpr (PARAMS) {
+      gvth[i] = gvth[i] + pick(use_gv, -gsg + g * dvdvth, -gsg);
+      A vp;
+      if constexpr (FIRST) {
+        vp = v0[i];
       } else {
-        vp = hp * (A(1) - sp) + vr * sp;
+        const A hp = up + vth;
+        const A sp = spike_of(up);
+        if constexpr (SOFT) {
+          vp = hp - vth * sp;
+        } else {
+          vp = hp * (A(1) - sp) + vr * sp;
+        }
       }
-      uc[i] = up;
+      // d h / d tau = -(h - v_prev) / tau (decay_input) or (v_prev - vr) / tau^2.
+      if constexpr (DECAY) {
+        gtau[i] = gtau[i] + -(h - vp) * (gh * itau[i]);
+      } else {
+        gtau[i] = gtau[i] + gh * ((vp - vr) * itau[i] * itau[i]);
+      }
     }
-    // d h / d tau = -(h - v_prev) / tau (decay_input) or (v_prev - vr) / tau^2.
-    if constexpr (DECAY) {
-      const A q = gh / ta;
-      gtau[i] = gtau[i] + -(h - vp) * q;
-      gxr[i] = Storage<S>::store(q);
-    } else {
-      gtau[i] = gtau[i] + gh * ((vp - vr) * itau[i] * itau[i]);
-      gxr[i] = Storage<S>::store(gh);
-    }
+    if constexpr (!FIRST) uc[i] = up;
+    gxr[i] = Storage<S>::store(DECAY ? gh * itau[i] : gh);
     gv[i] = gh * (A(1) - itau[i]);
   }
 }
 
-template <typename S, int SURR, bool SOFT, bool DECAY>
+template <typename S, int SURR, bool SOFT, bool DECAY, bool PARAMS>
 void backward_impl(const BwdArgs<S>& a) {
   using A = typename Storage<S>::acc;
   const A vr = static_cast<A>(a.v_reset);
@@ -444,11 +443,11 @@ void backward_impl(const BwdArgs<S>& a) {
         const auto* u_next = t >= 2 ? a.u + (t - 2) * N + n0 : nullptr;
         const auto* gx_next = t >= 1 ? gxr - N : nullptr;
         if (t > 0) {
-          backward_step<S, SURR, SOFT, DECAY, false>(len, gsr, a.u + (t - 1) * N + n0, gxr, gs_next, u_next,
-                                                     gx_next, uc, v0, tl, th, itau, gv, gtau, gvth, k, vr, f);
+          backward_step<S, SURR, SOFT, DECAY, PARAMS, false>(len, gsr, a.u + (t - 1) * N + n0, gxr, gs_next, u_next,
+                                                     gx_next, uc, v0, th, itau, gv, gtau, gvth, k, vr, f);
         } else {
-          backward_step<S, SURR, SOFT, DECAY, true>(len, gsr, nullptr, gxr, nullptr, nullptr, nullptr, uc, v0,
-                                                    tl, th, itau, gv, gtau, gvth, k, vr, f);
+          backward_step<S, SURR, SOFT, DECAY, PARAMS, true>(len, gsr, nullptr, gxr, nullptr, nullptr, nullptr, uc, v0,
+                                                    th, itau, gv, gtau, gvth, k, vr, f);
         }
       }
       std::copy(gv, gv + len, a.gv_init + n0);
@@ -601,12 +600,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
     a.N = N;
     a.inner = inner;
     a.P = P;
-    auto run = [&](auto surr_c) {
+    auto run_params = [&](auto surr_c, auto soft_c, auto decay_c) {
       constexpr int SURR = decltype(surr_c)::value;
+      constexpr bool SOFT = decltype(soft_c)::value, DECAY = decltype(decay_c)::value;
+      if (need_tau_grad || need_vth_grad) backward_impl<S, SURR, SOFT, DECAY, true>(a);
+      else backward_impl<S, SURR, SOFT, DECAY, false>(a);
+    };
+    using TT = std::true_type;
+    using FF = std::false_type;
+    auto run = [&](auto surr_c) {
       if (soft_reset) {
-        if (decay_input) backward_impl<S, SURR, true, true>(a); else backward_impl<S, SURR, true, false>(a);
+        if (decay_input) run_params(surr_c, TT{}, TT{}); else run_params(surr_c, TT{}, FF{});
       } else {
-        if (decay_input) backward_impl<S, SURR, false, true>(a); else backward_impl<S, SURR, false, false>(a);
+        if (decay_input) run_params(surr_c, FF{}, TT{}); else run_params(surr_c, FF{}, FF{});
       }
     };
     switch (surrogate_id) {
