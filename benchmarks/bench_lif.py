@@ -185,12 +185,12 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
     args = parser.parse_args(argv)
 
-    if args.device == "cpu":
-        shapes, dtypes = CPU_SHAPES, [torch.float32, torch.bfloat16]
+    if args.device == "cpu":  # bfloat16 on the first shape only
+        jobs = [(shape, torch.float32) for shape in CPU_SHAPES] + [(CPU_SHAPES[0], torch.bfloat16)]
     else:
-        shapes, dtypes = GPU_SHAPES, [torch.float32, torch.bfloat16]
+        jobs = [(shape, dtype) for shape in GPU_SHAPES for dtype in (torch.float32, torch.bfloat16)]
     if args.quick:
-        shapes = shapes[:1]
+        jobs = [job for job in jobs if job[0] == jobs[0][0]]
     versions = {"torch": torch.__version__, "tna_kernels": tna_kernels.__version__}
     try:
         import triton
