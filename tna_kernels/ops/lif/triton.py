@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .reference import state_dtype
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 _X_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -277,10 +279,6 @@ def lif_bwd_kernel(
         tl.store(grad_vth + o_n, b_dvth, mask=m_n)
 
 
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _check_time_major(name: str, t: torch.Tensor) -> None:
     if not torch.is_tensor(t) or t.dim() != 2:
         raise ValueError(f"{name} must be a 2-D [T, N] tensor, got {_describe(t)}")
@@ -377,7 +375,7 @@ def lif_forward(
     """
     _check_time_major("x", x)
     T, N = x.shape
-    state = _state_dtype(x.dtype)
+    state = state_dtype(x.dtype)
     P = _check_params(tau, v_threshold, state, x.device)
     if v_init is not None:
         _check_like("v_init", v_init, (N,), state, x.device)
@@ -440,7 +438,7 @@ def lif_backward(
     """
     _check_time_major("u", u)
     T, N = u.shape
-    state = _state_dtype(u.dtype)
+    state = state_dtype(u.dtype)
     _check_like("grad_spikes", grad_spikes, (T, N), u.dtype, u.device)
     if grad_v_last is not None:
         _check_like("grad_v_last", grad_v_last, (N,), state, u.device)
