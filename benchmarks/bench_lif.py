@@ -8,12 +8,18 @@ minimum bytes moved, next to the measured device copy bandwidth.
 
 Every implementation is checked equal to the reference (spikes exactly) before it is timed.
 
+On Linux CPUs the script restarts itself with glibc's malloc told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): by default glibc returns every freed
+tensor of more than a few MiB to the OS, and the page faults of the next allocation then cost more
+than the kernels themselves, for every implementation alike. ``--system-malloc`` keeps the default.
+
     python benchmarks/bench_lif.py            # full run, writes benchmarks/results/lif_<device>.json
     python benchmarks/bench_lif.py --quick    # a short smoke run of every entry
 """
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
 import subprocess
@@ -30,6 +36,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 CPU_SHAPES = [(16, 32, 4096), (4, 64, 128, 16, 16)] + [(t, 32, 4096) for t in (4, 8, 32)]
 GPU_SHAPES = [(t, 64 * 65536) for t in (4, 8, 16, 32)]
+
+# glibc malloc settings for CPU runs: serve every allocation from the heap and never trim it.
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 
 # Minimum bytes per neuron-step, in units of the element size: forward reads x and writes spikes;
 # the training forward also writes u; the backward reads grad_spikes and u and writes grad_x.
@@ -70,8 +79,13 @@ def _time_ms(fn, device: str, quick: bool) -> float:
 
 
 def _implementations(device: str):
-    """name -> function(x) returning spikes (x requires grad for forward+backward)."""
-    compiled_reference = torch.compile(lambda x: lif_multistep_reference(x)[0])
+    """name -> function(x) returning spikes (x requires grad for forward+backward).
+
+    Call once per shape and dtype: torch.compile of the reference is created afresh (after a dynamo
+    reset), so it compiles for exactly that input and never hits the recompilation limit.
+    """
+    torch._dynamo.reset()
+    compiled_reference = torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False)
     impls = {
         "reference (eager)": lambda x: lif_multistep(x, backend="torch"),
         "reference (torch.compile)": compiled_reference,
@@ -115,9 +129,9 @@ def bench(device: str, jobs, quick: bool):
     """Time every implementation on each ``(shape, dtype)`` of ``jobs``; returns one row per measurement."""
     from tqdm import tqdm
 
-    impls = _implementations(device)
     rows = []
     for shape, dtype in tqdm(jobs, desc=f"LIF on {device}", file=sys.stderr):
+        impls = _implementations(device)
         x = (torch.randn(shape, device=device) * 1.5 + 1).to(dtype)
         grad = torch.randn(shape, device=device).to(dtype)
         for name, impl in impls.items():
@@ -165,6 +179,7 @@ def markdown(result) -> str:
     lines = [
         f"LIF on {result['device']} (copy bandwidth {result['copy_GBps']:.0f} GB/s), "
         f"torch {result['versions']['torch']}, commit {result['commit']}, {result['date']}",
+        f"malloc: {result.get('malloc', 'system default')}",
         "",
         "| shape | dtype | mode | implementation | time (ms) | GB/s | vs eager |",
         "|---|---|---|---|---:|---:|---:|",
@@ -183,7 +198,12 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="short timings on the first shape only")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default malloc settings on CPU")
     args = parser.parse_args(argv)
+    malloc_tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
+    if args.device == "cpu" and not args.system_malloc and not malloc_tuned and platform.system() == "Linux":
+        argv = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], {**os.environ, **MALLOC_TUNING})
 
     if args.device == "cpu":  # bfloat16 on the first shape only
         jobs = [(shape, torch.float32) for shape in CPU_SHAPES] + [(CPU_SHAPES[0], torch.bfloat16)]
@@ -210,6 +230,8 @@ def main(argv=None):
         versions=versions,
         commit=_commit(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        malloc="glibc, freed memory kept (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_)" if malloc_tuned
+        else "system default",
         copy_GBps=copy_bandwidth_gbps(args.device, args.quick),
         rows=bench(args.device, jobs, args.quick),
     )

@@ -4,8 +4,8 @@
 // tna_kernels/ops/lif/INTERFACE.md; tna_kernels/ops/lif/reference.py is the executable spec.
 //
 // Layout: x is [T, N] (time-major). Neurons are independent, so the work is split into chunks of
-// kChunk neurons, processed in parallel with at::parallel_for. Each chunk streams over t keeping
-// its state (v, gradients, the per-neuron copy of tau / v_threshold) in small local arrays, so the
+// at most kMaxChunk neurons, processed in parallel with at::parallel_for. Each chunk streams over t
+// keeping its state (v, gradients, the per-neuron copy of tau / v_threshold) in local arrays, so the
 // inner loops over neurons are index-free and branch-free: gcc -O3 -march=native vectorizes them.
 // bf16 / fp16 storage is converted with plain integer code (no function calls) for the same reason.
 // Built without -ffast-math (and with -ffp-contract=off) and with the operation order of the
@@ -23,10 +23,9 @@
 
 namespace {
 
-#ifndef TNA_LIF_CHUNK
-#define TNA_LIF_CHUNK 512
-#endif
-constexpr int64_t kChunk = TNA_LIF_CHUNK;  // neurons per task; local arrays stay in L1
+// Neurons per task at most: long rows per time step keep the memory streams efficient, and the
+// local state arrays (up to 7 per chunk in the backward) stay in L2.
+constexpr int64_t kMaxChunk = 4096;
 
 template <typename To, typename From>
 inline To bit_as(From v) {
@@ -209,6 +208,10 @@ inline A surrogate(A u, const SurrConst<A>& k) {
 // (one division per chunk, not per neuron).
 template <typename A>
 inline void gather_param(A* dst, const A* src, int64_t n0, int64_t len, int64_t inner, int64_t P) {
+  if (P == 1) {  // a scalar parameter: one fill, not one run per neuron
+    std::fill(dst, dst + len, src[0]);
+    return;
+  }
   int64_t p = (n0 / inner) % P;
   int64_t i = 0;
   int64_t run = inner - n0 % inner;  // neurons left in the current run of index p
@@ -221,19 +224,39 @@ inline void gather_param(A* dst, const A* src, int64_t n0, int64_t len, int64_t 
   }
 }
 
-// Each time step of a chunk touches a new short piece (kChunk elements) of every [T, N] tensor,
-// which the hardware prefetchers do not anticipate; so each step first prefetches the pieces the
-// next step will use (faster on inputs larger than the caches).
-template <int RW, typename R>
-inline void prefetch_row(const R* p, int64_t n) {
-  if (p == nullptr) return;
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(R)); o += 64) __builtin_prefetch(c + o, RW, 3);
+// Chunk length for N neurons: about four chunks per thread, a multiple of 64, in [64, kMaxChunk].
+inline int64_t chunk_for(int64_t N) {
+  const int64_t per_task = (N + 4 * at::get_num_threads() - 1) / (4 * at::get_num_threads());
+  return std::clamp<int64_t>((per_task + 63) / 64 * 64, 64, kMaxChunk);
 }
 
 inline int64_t grain_for(int64_t T, int64_t N, int64_t nchunks) {
   // Run small problems on one thread: parallel overhead beats the work below ~64K elements.
   return T * N < 65536 ? std::max<int64_t>(nchunks, 1) : 1;
+}
+
+// Runs body(i) for every i in [0, len), one cache line of R elements at a time, and calls
+// ahead(i0) before each line. Each time step of a chunk reads and writes a new piece of every
+// [T, N] tensor, far from the previous one, which the hardware prefetchers do not anticipate; ahead
+// prefetches the same line of the rows of the next time step, in step with the work.
+template <typename R, typename Ahead, typename Body>
+inline void sweep_lines(int64_t len, Ahead&& ahead, Body&& body) {
+  constexpr int64_t kLine = 64 / sizeof(R);
+  const int64_t full = len - len % kLine;
+  for (int64_t i0 = 0; i0 < full; i0 += kLine) {
+    ahead(i0);
+#pragma omp simd
+    for (int64_t i = i0; i < i0 + kLine; ++i) body(i);
+  }
+  if (full < len) ahead(full);
+#pragma omp simd
+  for (int64_t i = full; i < len; ++i) body(i);
+}
+
+// Prefetch the cache line holding p[i] (for reading: RW = 0, for writing: RW = 1); p may be null.
+template <int RW, typename R>
+inline void prefetch_at(const R* p, int64_t i) {
+  if (p != nullptr) __builtin_prefetch(p + i, RW, 3);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -248,15 +271,16 @@ void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage
   using A = typename Storage<S>::acc;
   using R = typename Storage<S>::raw;
   const A vr = static_cast<A>(v_reset);
-  const int64_t nchunks = (N + kChunk - 1) / kChunk;
+  const int64_t chunk = chunk_for(N);
+  const int64_t nchunks = (N + chunk - 1) / chunk;
   at::parallel_for(0, nchunks, grain_for(T, N, nchunks), [&](int64_t c_begin, int64_t c_end) {
     const A vr_ = vr;  // a local copy, so the vector loop keeps it in a register
-    alignas(64) A v[kChunk];
-    alignas(64) A tl[kChunk];
-    alignas(64) A th[kChunk];
+    alignas(64) A v[kMaxChunk];
+    alignas(64) A tl[kMaxChunk];
+    alignas(64) A th[kMaxChunk];
     for (int64_t c = c_begin; c < c_end; ++c) {
-      const int64_t n0 = c * kChunk;
-      const int64_t len = std::min(kChunk, N - n0);
+      const int64_t n0 = c * chunk;
+      const int64_t len = std::min(chunk, N - n0);
       gather_param(tl, tau, n0, len, inner, P);
       gather_param(th, vth, n0, len, inner, P);
       if (v_init != nullptr) {
@@ -268,13 +292,15 @@ void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage
         const R* __restrict xr = x + t * N + n0;
         R* __restrict sr = spikes + t * N + n0;
         R* __restrict ur = SAVE ? u_out + t * N + n0 : nullptr;
-        if (t + 1 < T) {
-          prefetch_row<0>(xr + N, len);
-          prefetch_row<1>(sr + N, len);
-          if (SAVE) prefetch_row<1>(ur + N, len);
-        }
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) {
+        const bool more = t + 1 < T;
+        const auto ahead = [&](int64_t i) {
+          if (more) {
+            prefetch_at<0>(xr + N, i);
+            prefetch_at<1>(sr + N, i);
+            if constexpr (SAVE) prefetch_at<1>(ur + N, i);
+          }
+        };
+        sweep_lines<R>(len, ahead, [&](int64_t i) __attribute__((always_inline)) {
           const A xt = Storage<S>::load(xr[i]);
           const A vv = v[i];
           A h;
@@ -293,7 +319,7 @@ void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage
           }
           sr[i] = fire ? Storage<S>::kOne : R(0);
           if constexpr (SAVE) ur[i] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
-        }
+        });
       }
       std::copy(v, v + len, v_last + n0);
     }
@@ -343,11 +369,12 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
                           const BwdFlags<acc_t<S>>& f) {
   using A = acc_t<S>;
   const bits_t<A> detach = f.detach, use_gv = f.use_gv;
-  prefetch_row<0>(gs_next, len);
-  prefetch_row<0>(u_next, len);
-  prefetch_row<1>(gx_next, len);
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
+  const auto ahead = [&](int64_t i) {
+    prefetch_at<0>(gs_next, i);
+    prefetch_at<0>(u_next, i);
+    prefetch_at<1>(gx_next, i);
+  };
+  sweep_lines<raw_t<S>>(len, ahead, [&](int64_t i) __attribute__((always_inline)) {
     const A u = uc[i];
     const A vth = th[i];
     const A h = u + vth;
@@ -393,7 +420,7 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
     if constexpr (!FIRST) uc[i] = up;
     gxr[i] = Storage<S>::store(DECAY ? gh * itau[i] : gh);
     gv[i] = gh * (A(1) - itau[i]);
-  }
+  });
 }
 
 template <typename S, int SURR, bool SOFT, bool DECAY, bool PARAMS>
@@ -402,22 +429,22 @@ void backward_impl(const BwdArgs<S>& a) {
   const A vr = static_cast<A>(a.v_reset);
   const SurrConst<A> k(SURR, a.alpha);
   const int64_t T = a.T, N = a.N;
-  const int64_t nchunks = (N + kChunk - 1) / kChunk;
+  const int64_t chunk = chunk_for(N);
+  const int64_t nchunks = (N + chunk - 1) / chunk;
   at::parallel_for(0, nchunks, grain_for(T, N, nchunks), [&](int64_t c_begin, int64_t c_end) {
-    alignas(64) A tl[kChunk];
-    alignas(64) A th[kChunk];
-    alignas(64) A itau[kChunk];
-    alignas(64) A uc[kChunk];
-    alignas(64) A v0[kChunk];
-    alignas(64) A gv[kChunk];
-    alignas(64) A gtau[kChunk];
-    alignas(64) A gvth[kChunk];
+    alignas(64) A th[kMaxChunk];
+    alignas(64) A itau[kMaxChunk];
+    alignas(64) A uc[kMaxChunk];
+    alignas(64) A v0[kMaxChunk];
+    alignas(64) A gv[kMaxChunk];
+    alignas(64) A gtau[kMaxChunk];
+    alignas(64) A gvth[kMaxChunk];
     for (int64_t c = c_begin; c < c_end; ++c) {
-      const int64_t n0 = c * kChunk;
-      const int64_t len = std::min(kChunk, N - n0);
-      gather_param(tl, a.tau, n0, len, a.inner, a.P);
+      const int64_t n0 = c * chunk;
+      const int64_t len = std::min(chunk, N - n0);
+      gather_param(itau, a.tau, n0, len, a.inner, a.P);
       gather_param(th, a.vth, n0, len, a.inner, a.P);
-      for (int64_t i = 0; i < len; ++i) itau[i] = A(1) / tl[i];
+      for (int64_t i = 0; i < len; ++i) itau[i] = A(1) / itau[i];
       if (a.v_init != nullptr) {
         std::copy(a.v_init + n0, a.v_init + n0 + len, v0);
       } else {

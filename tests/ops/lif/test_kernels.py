@@ -138,3 +138,11 @@ def test_inference_saves_nothing_and_matches(backend):
     torch.testing.assert_close(v, v_ref, rtol=0, atol=0)
     assert spikes.grad_fn is None and v.dtype == torch.float32
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_chunks_cpp(dtype):
+    """Enough neurons for the C++ kernel's largest chunks, several of them, and a ragged last one
+    (37023 neurons; per-channel parameters whose runs cross chunk boundaries)."""
+    case = LIFCase((5, 3, 7, 41, 43), dtype, params="channel", v_init=True, state_grad=True)
+    compare_case(case, "cpp", seed=37023)
