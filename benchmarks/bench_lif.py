@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,13 @@ def _time_ms(fn, device: str, quick: bool) -> float:
     from torch.utils import benchmark
 
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.2 if quick else 1.5).median * 1e3
+    return timer.blocked_autorange(min_run_time=0.2 if quick else 0.4).median * 1e3
+
+
+def _rounds(device: str, quick: bool) -> int:
+    """Timing rounds per job. On a CPU the implementations are timed in turn, several rounds, and each
+    keeps its median round: slow drifts of a shared machine then hit every implementation alike."""
+    return 1 if quick or device == "cuda" else 5
 
 
 def _implementations(device: str):
@@ -134,28 +141,36 @@ def bench(device: str, jobs, quick: bool):
         impls = _implementations(device)
         x = (torch.randn(shape, device=device) * 1.5 + 1).to(dtype)
         grad = torch.randn(shape, device=device).to(dtype)
+        entries = []  # (implementation, mode, function)
         for name, impl in impls.items():
             _check(impl, name, x)
             leaf = x.detach().requires_grad_(True)
 
-            def forward():
+            def forward(impl=impl):
                 with torch.no_grad():
                     impl(x)
 
-            def forward_backward():
+            def forward_backward(impl=impl, leaf=leaf):
                 impl(leaf).backward(grad)
                 leaf.grad = None
 
-            for mode, fn in (("forward", forward), ("forward+backward", forward_backward)):
+            entries += [(name, "forward", forward), (name, "forward+backward", forward_backward)]
+        times = {(name, mode): [] for name, mode, _ in entries}
+        peak = {}
+        for _ in range(_rounds(device, quick)):
+            for name, mode, fn in entries:
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                ms = _time_ms(fn, device, quick)
-                row = dict(impl=name, shape=list(shape), dtype=str(dtype).removeprefix("torch."), mode=mode, ms=ms)
-                elements = x.numel()
-                row["GB/s"] = BYTES_PER_ELEMENT[mode] * elements * x.element_size() / ms / 1e6
+                times[name, mode].append(_time_ms(fn, device, quick))
                 if device == "cuda":
-                    row["peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
-                rows.append(row)
+                    peak[name, mode] = torch.cuda.max_memory_allocated() / 2**20
+        for (name, mode), ms_list in times.items():
+            ms = statistics.median(ms_list)
+            row = dict(impl=name, shape=list(shape), dtype=str(dtype).removeprefix("torch."), mode=mode, ms=ms)
+            row["GB/s"] = BYTES_PER_ELEMENT[mode] * x.numel() * x.element_size() / ms / 1e6
+            if device == "cuda":
+                row["peak_MiB"] = peak[name, mode]
+            rows.append(row)
     for row in rows:
         eager = next(
             r["ms"] for r in rows
