@@ -2,6 +2,10 @@
 from . import nn
 from ._ext import build_extensions
 from .ops.lif import lif_multistep
+from .ops.ternary import pack_ternary, ternarize, ternary_conv2d, ternary_linear, unpack_ternary
 
 __version__ = "0.1.0"
-__all__ = ["lif_multistep", "nn", "build_extensions", "__version__"]
+__all__ = [
+    "lif_multistep", "nn", "build_extensions", "pack_ternary", "ternarize", "ternary_conv2d", "ternary_linear",
+    "unpack_ternary", "__version__",
+]

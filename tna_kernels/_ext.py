@@ -1,4 +1,4 @@
-"""Build and load the C++ CPU kernels (``csrc/lif.cpp``) with ``torch.utils.cpp_extension``.
+"""Build and load the C++ CPU kernels (``csrc/*.cpp``) with ``torch.utils.cpp_extension``.
 
 The extension is compiled just in time on first use (one to two minutes, needs a C++ compiler and
 ninja) and registers the ops ``torch.ops.tna_cpp.*``. The build is cached by torch under
@@ -15,10 +15,14 @@ from pathlib import Path
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
 
 
-def _source() -> Path:
+_SOURCES = ("lif.cpp", "ternary.cpp")
+
+
+def _sources() -> list:
     here = Path(__file__).parent
-    installed = here / "csrc" / "lif.cpp"  # a non-editable install copies csrc/ into the package
-    return installed if installed.exists() else here.parent / "csrc" / "lif.cpp"
+    installed = here / "csrc"  # a non-editable install copies csrc/ into the package
+    folder = installed if (installed / _SOURCES[0]).exists() else here.parent / "csrc"
+    return [str(folder / name) for name in _SOURCES]
 
 
 _NAME = "tna_kernels_cpp"
@@ -37,7 +41,7 @@ def _load(verbose: bool) -> None:
     try:
         cpp_extension.load(
             name=_NAME,
-            sources=[str(_source())],
+            sources=_sources(),
             extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
             is_python_module=False,

@@ -1,4 +1,5 @@
 """Drop-in modules built on the fused kernels."""
 from .lif import LIF
+from .ternary import TernaryConv2d, TernaryLinear, ternarize_
 
-__all__ = ["LIF"]
+__all__ = ["LIF", "TernaryConv2d", "TernaryLinear", "ternarize_"]

@@ -4,6 +4,7 @@ import torch
 
 import tna_kernels
 from tna_kernels import lif_multistep
+from tna_kernels.ops import backend as backend_choice
 from tna_kernels.ops.lif import op as lif_op
 
 from .helpers import KERNEL_BACKENDS, kernel_device
@@ -57,7 +58,7 @@ def test_auto_backend_and_environment_override(monkeypatch):
 
 def test_falls_back_to_reference_without_the_extension(monkeypatch):
     monkeypatch.delenv("TNA_BACKEND", raising=False)
-    monkeypatch.setattr(lif_op, "cpp_extension_available", lambda: False)
+    monkeypatch.setattr(backend_choice, "cpp_extension_available", lambda: False)
     assert lif_op.resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(RuntimeError, match="could not be built"):
         lif_op.resolve_backend("cpp", torch.device("cpu"))

@@ -13,54 +13,11 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..._ext import cpp_extension_available
+from ..backend import resolve_backend
 from .reference import lif_multistep_reference, state_dtype
 from .surrogate import SURROGATES
 
-BACKENDS = ("auto", "torch", "cpp", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` ("auto", "torch", "cpp", "triton") to the backend that will run on ``device``.
-
-    "auto" honours the ``TNA_BACKEND`` environment variable, then picks Triton for CUDA tensors and the
-    C++ extension for CPU tensors (the reference when the extension cannot be built, with one warning).
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return _resolve(backend, device.type)
-
-
-@torch.compiler.assume_constant_result
-def _resolve(backend: str, device_type: str) -> str:
-    """``resolve_backend`` for a device type; torch.compile runs it once, at trace time."""
-    if backend == "auto":
-        backend = os.environ.get("TNA_BACKEND", "auto")
-        if backend not in BACKENDS:
-            raise ValueError(f"TNA_BACKEND must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if device_type == "cuda":
-            return "triton"
-        return "cpp" if device_type == "cpu" and cpp_extension_available() else "torch"
-    if backend == "cpp":
-        if device_type != "cpu":
-            raise ValueError(f"backend='cpp' runs on CPU tensors only; x is on {device_type}")
-        if not cpp_extension_available():
-            raise RuntimeError(
-                "backend='cpp' was requested but the C++ extension could not be built; run "
-                "tna_kernels.build_extensions(verbose=True) to see the compiler output, or use backend='torch'"
-            )
-    if backend == "triton" and device_type != "cuda" and not _triton_interpreted():
-        raise ValueError(
-            f"backend='triton' needs CUDA tensors (x is on {device_type}); set TRITON_INTERPRET=1 to run "
-            "the Triton kernels on CPU tensors through the interpreter"
-        )
-    return backend
 
 
 def _kernels(backend: str):

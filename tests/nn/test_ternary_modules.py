@@ -1,0 +1,98 @@
+"""TernaryLinear / TernaryConv2d: drop-in behaviour, QAT, freezing, state_dict, ternarize_."""
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from tna_kernels.nn import TernaryConv2d, TernaryLinear, ternarize_
+from tna_kernels.ops.ternary import FORMAT_VERSION, dequantize, ternarize
+
+
+@pytest.mark.parametrize("quantizer", ["twn", "ttq", "absmean"])
+def test_linear_from_float_matches_dequantized_linear_and_time_major(quantizer):
+    base = nn.Linear(30, 7)
+    layer = TernaryLinear.from_float(base, quantizer=quantizer)
+    x = torch.randn(4, 3, 30)  # [T, B, in]
+    codes, scale = ternarize(base.weight, quantizer)
+    want = nn.functional.linear(x, dequantize(codes, scale), base.bias)
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantizer", ["twn", "ttq"])
+def test_frozen_state_dict_round_trip_keeps_no_float_weight(quantizer):
+    layer = TernaryConv2d(4, 6, 3, padding=1, groups=2, quantizer=quantizer)
+    x = torch.randn(2, 3, 4, 8, 8)  # [T, B, C, H, W]
+    before = layer(x)
+    layer.freeze()
+    assert not any(p.dim() > 1 for p in layer.parameters()), "a frozen layer keeps no float weight"
+    assert layer.packed.dtype == torch.int32 and int(layer.format_version) == FORMAT_VERSION
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = TernaryConv2d(4, 6, 3, padding=1, groups=2, quantizer=quantizer)
+    fresh.load_state_dict(torch.load(buffer))
+    assert fresh.frozen
+    torch.testing.assert_close(fresh(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_format_version_is_refused():
+    layer = TernaryLinear(20, 3).freeze()
+    state = layer.state_dict()
+    state["format_version"] = torch.tensor(FORMAT_VERSION + 1)
+    with pytest.raises(RuntimeError, match="format version"):
+        TernaryLinear(20, 3).load_state_dict(state)
+
+
+def test_packed_weights_are_at_least_15x_smaller():
+    layer = TernaryLinear(4096, 512, bias=False).freeze()
+    fp32_bytes = 512 * 4096 * 4
+    packed_bytes = layer.packed.numel() * 4 + layer.scale.numel() * 4
+    assert fp32_bytes / packed_bytes >= 15
+
+
+def test_ternarize_model_skips_first_and_last():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 16),
+                          nn.Linear(16, 10))
+    replaced = ternarize_(model)
+    assert replaced == ["2", "4"]
+    assert type(model[0]) is nn.Conv2d and type(model[5]) is nn.Linear
+    assert isinstance(model[2], TernaryConv2d) and isinstance(model[4], TernaryLinear)
+    assert model(torch.randn(2, 3, 6, 6)).shape == (2, 10)
+    every = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    assert ternarize_(every, skip_first_last=False) == ["0", "1"]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        TernaryLinear(4, 4, quantizer="binary")
+    with pytest.raises(ValueError, match="padding_mode"):
+        TernaryConv2d(3, 3, 3, padding_mode="reflect")
+    with pytest.raises(TypeError, match="nn.Linear"):
+        TernaryLinear.from_float(nn.Conv2d(3, 3, 3))
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        TernaryConv2d(3, 3, 3)(torch.randn(3, 8, 8))
+
+
+@pytest.mark.parametrize("quantizer", ["twn", "ttq"])
+def test_qat_ternary_network_learns(quantizer):
+    """A small MLP with ternary hidden layers learns a 4-class task from scratch."""
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 16, generator=gen) * 2
+    labels = torch.randint(0, 4, (512,), generator=gen)
+    inputs = centers[labels] + torch.randn(512, 16, generator=gen)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 4))
+    ternarize_(model, quantizer=quantizer)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = nn.functional.cross_entropy(model(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for layer in (model[2], model[4]):
+        layer.freeze()
+    accuracy = (model(inputs).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.9, accuracy

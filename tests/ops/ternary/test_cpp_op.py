@@ -1,0 +1,185 @@
+"""Ternary linear / conv2d through the public functions (C++ backend) against the reference: exact on
+spikes, a dtype tolerance on real input; every gradient; opcheck; compile; errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tna_kernels
+from tna_kernels._ext import cpp_extension_available
+from tna_kernels import pack_ternary, ternarize, ternary_conv2d, ternary_linear
+from tna_kernels.ops.ternary import dequantize, ternary_conv2d_reference, ternary_linear_reference
+from tna_kernels.ops.ternary.op import ternary_conv2d_op, ternary_linear_op
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
+
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1e-2)}
+
+
+def _weights(n, k, asymmetric, seed, kernel=None):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn((n, k) if kernel is None else (n, k, *kernel), generator=gen)
+    codes, scale = ternarize(w, "ttq" if asymmetric else "twn")
+    return codes, pack_ternary(codes), scale, torch.randn(n, generator=gen)
+
+
+def _spikes(shape, dtype, seed):
+    s = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) > 0.6
+    return s.to(dtype)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8, torch.bool])
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 17, 5), (70, 130, 33), (4, 600, 3)])
+def test_spike_linear_is_exact(simd, dtype, asymmetric, m, k, n):
+    assert cpp_extension_available()
+    codes, packed, scale, bias = _weights(n, k, asymmetric, seed=m * k + n)
+    x = _spikes((m, k), dtype, seed=k)
+    for b in (None, bias):
+        got = torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, b, simd)
+        want = ternary_linear_reference(x, packed, scale, b, spikes=True)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("m,k,n", [(1, 45, 1), (9, 300, 70)])
+def test_real_linear_and_gradients(dtype, asymmetric, m, k, n):
+    codes, packed, scale, bias = _weights(n, k, asymmetric, seed=k + n)
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, k, generator=gen).to(dtype).requires_grad_()
+    bias = bias.requires_grad_()
+    weight = dequantize(codes, scale).requires_grad_()  # the QAT gradient target
+    y = ternary_linear(x, packed, scale, bias, backend="cpp", weight=weight)
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(y, ternary_linear_reference(x.detach(), packed, scale, bias.detach()),
+                               rtol=rtol, atol=atol * k ** 0.5)
+    grad = torch.randn(m, n, generator=gen).to(dtype)
+    y.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    b64 = bias.detach().double().requires_grad_()
+    F.linear(x64, w64, b64).backward(grad.double())
+    torch.testing.assert_close(x.grad, x64.grad.to(dtype), rtol=rtol, atol=atol * n ** 0.5)
+    torch.testing.assert_close(bias.grad, b64.grad.float(), rtol=rtol, atol=atol * m ** 0.5)
+    torch.testing.assert_close(weight.grad, w64.grad.float(), rtol=rtol, atol=atol * m ** 0.5)
+
+
+def test_spike_input_gradient_flows_to_float_spikes():
+    """LIF output spikes are float and carry surrogate gradients: the exact path still differentiates."""
+    codes, packed, scale, _ = _weights(6, 40, False, seed=5)
+    x = _spikes((3, 5, 40), torch.float32, seed=2).requires_grad_()
+    y = ternary_linear(x, packed, scale, spikes=True, backend="cpp")
+    assert torch.equal(y, ternary_linear_reference(x.detach().reshape(15, 40), packed, scale, spikes=True).view(3, 5, 6))
+    grad = torch.randn(3, 5, 6)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad, grad @ dequantize(codes, scale), rtol=1e-5, atol=1e-5)
+
+
+CONV_CASES = [  # (batch, channels, out, size, kernel, stride, padding, dilation, groups)
+    (1, 3, 5, 7, (3, 3), 1, 1, 1, 1),
+    (2, 4, 6, 9, (3, 3), 2, 1, 2, 2),
+    (2, 6, 3, 5, (1, 1), 1, 0, 1, 3),
+    (1, 2, 4, 8, (3, 2), (2, 1), (0, 1), 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_spike_conv_is_exact_with_input_gradient(case, asymmetric):
+    batch, channels, out, size, kernel, stride, padding, dilation, groups = case
+    codes, packed, scale, bias = _weights(out, channels // groups, asymmetric, seed=out + size, kernel=kernel)
+    x = _spikes((batch, channels, size, size), torch.float32, seed=size).requires_grad_()
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = ternary_conv2d(x, packed, scale, bias, kernel_size=kernel, spikes=True, backend="cpp", **geometry)
+    want = ternary_conv2d_reference(x.detach(), packed, scale, bias, kernel_size=kernel, spikes=True, **geometry)
+    assert torch.equal(y, want)
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    y.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    F.conv2d(x64, dequantize(codes, scale).double(), None, **geometry).backward(grad.double())
+    torch.testing.assert_close(x.grad, x64.grad.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_real_conv_and_weight_gradient(dtype):
+    codes, packed, scale, bias = _weights(4, 3, False, seed=11, kernel=(3, 3))
+    x = torch.randn(2, 3, 6, 6).to(dtype).requires_grad_()
+    weight = dequantize(codes, scale).requires_grad_()
+    y = ternary_conv2d(x, packed, scale, bias, padding=1, backend="cpp", weight=weight)
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(y, ternary_conv2d_reference(x.detach(), packed, scale, bias, padding=1, kernel_size=3),
+                               rtol=rtol, atol=atol * 6)
+    y.float().sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    F.conv2d(x64, w64, bias.double(), padding=1).sum().backward()
+    torch.testing.assert_close(weight.grad, w64.grad.float(), rtol=rtol, atol=atol * 10)
+    torch.testing.assert_close(x.grad, x64.grad.to(dtype), rtol=rtol, atol=atol * 6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 20), k=st.integers(1, 200), n=st.integers(1, 20), asymmetric=st.booleans(),
+       density=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_property_spike_linear_exact(m, k, n, asymmetric, density, seed):
+    _, packed, scale, bias = _weights(n, k, asymmetric, seed)
+    x = (torch.rand(m, k, generator=torch.Generator().manual_seed(seed + 1)) < density).float()
+    assert torch.equal(ternary_linear(x, packed, scale, bias, spikes=True, backend="cpp"),
+                       ternary_linear_reference(x, packed, scale, bias, spikes=True))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_opcheck(backend):
+    codes, packed, scale, bias = _weights(5, 20, True, seed=1)
+    x = torch.randn(3, 20, requires_grad=True)
+    weight = dequantize(codes, scale).requires_grad_()
+    torch.library.opcheck(ternary_linear_op, (x, packed, scale, bias, weight, False, backend))
+    spikes = _spikes((3, 20), torch.float32, 4)
+    torch.library.opcheck(ternary_linear_op, (spikes, packed, scale, None, None, True, backend))
+    codes, packed, scale, bias = _weights(4, 2, False, seed=2, kernel=(3, 3))
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    torch.library.opcheck(ternary_conv2d_op, (x, packed, scale, bias, None, [1, 1], [1, 1], [1, 1], 1, [3, 3], False,
+                                              backend))
+
+
+def test_compile_frozen_model_fullgraph():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        tna_kernels.nn.TernaryConv2d(3, 8, 3, padding=1), torch.nn.Flatten(),
+        tna_kernels.nn.TernaryLinear(8 * 6 * 6, 5, spikes=True),
+    )
+    for layer in (model[0], model[2]):
+        layer.freeze()
+    model[2].spikes = False
+    x = torch.randn(2, 3, 6, 6)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_errors_name_the_problem():
+    _, packed, scale, bias = _weights(4, 20, False, seed=0)
+    with pytest.raises(ValueError, match=r"ceil\(K / 16\)"):
+        ternary_linear(torch.randn(2, 40), packed, scale)
+    with pytest.raises(TypeError, match="packed must be an int32"):
+        ternary_linear(torch.randn(2, 20), packed.long(), scale)
+    with pytest.raises(ValueError, match="scale must have shape"):
+        ternary_linear(torch.randn(2, 20), packed, scale[:3])
+    with pytest.raises(ValueError, match="bias must be"):
+        ternary_linear(torch.randn(2, 20), packed, scale, bias[:2])
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        ternary_linear(torch.randn(2, 20), packed, scale, spikes=True, backend="cpp")
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        ternary_linear(torch.randn(2, 20), packed, scale, spikes=True, backend="torch")
+    with pytest.raises(ValueError, match="packed is on meta"):
+        ternary_linear(torch.randn(2, 20), packed.to("meta"), scale.to("meta"))
+    with pytest.raises(TypeError, match="not supported"):
+        ternary_linear(torch.randn(2, 20, dtype=torch.float64), packed, scale, backend="cpp")
+    _, cpacked, cscale, _ = _weights(4, 2, False, seed=0, kernel=(3, 3))
+    with pytest.raises(ValueError, match="kernel_size"):
+        ternary_conv2d(torch.randn(1, 2, 5, 5), cpacked, cscale)
+    with pytest.raises(ValueError, match="groups"):
+        ternary_conv2d(torch.randn(1, 3, 5, 5), cpacked, cscale, groups=2, kernel_size=3)
+    with pytest.raises(ValueError, match="4-D"):
+        ternary_conv2d(torch.randn(2, 5, 5), cpacked, cscale, kernel_size=3)

@@ -1,0 +1,307 @@
+"""Public ternary linear / conv2d: argument checks, backend choice and the ``torch.library`` custom ops.
+
+``tna::ternary_linear`` and ``tna::ternary_conv2d`` run the kernels of the chosen backend ("torch": the
+reference, "cpp": csrc/ternary.cpp, "triton": triton.py) and carry autograd:
+
+- the input gradient goes through the ternary weight with the backend's input-gradient kernel
+  (for conv2d: that kernel on the unfolded output gradient, folded back);
+- the bias gradient is the sum of the output gradient;
+- an optional float ``weight`` (the quantized weight of quantization-aware training, equal to the
+  packed weight by construction) receives ``grad_y^T x`` (the conv weight gradient for conv2d), which
+  the quantizer's straight-through estimator passes on to the latent float weight.
+The packed words and the scale get no gradient.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..backend import resolve_backend
+from .format import check_packed, check_scale, conv_kernel_size, dequantize, unpack_ternary
+from .reference import (
+    check_spikes,
+    is_spike_input,
+    output_dtype,
+    ternary_conv2d_reference,
+    ternary_linear_reference,
+)
+
+_REAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_SPIKE_INT_DTYPES = (torch.bool, torch.uint8, torch.int8)
+
+
+def _pair(value, name: str) -> list:
+    pair = [value, value] if isinstance(value, int) else list(value)
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-backend linear kernels on 2-D operands
+# ---------------------------------------------------------------------------------------------
+def _linear_forward(backend: str, x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], spikes: bool):
+    """y ``[M, N]`` from x ``[M, K]`` (contiguous)."""
+    if backend == "torch":
+        return ternary_linear_reference(x, packed, scale, bias, spikes)
+    if backend == "cpp":
+        if is_spike_input(x, spikes):
+            try:
+                return torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, bias, True)
+            except RuntimeError as error:
+                if "only 0 and 1" in str(error):
+                    raise ValueError("spike input must hold only 0 and 1 (spikes=True, or an integer x); found "
+                                     "other values") from None
+                raise
+        return torch.ops.tna_cpp.ternary_linear_dense(x.float(), packed, scale, bias).to(x.dtype)
+    from . import triton as triton_kernels
+
+    if is_spike_input(x, spikes):
+        check_spikes(x)
+    return triton_kernels.ternary_linear(x, packed, scale, bias, spikes)
+
+
+@torch.library.custom_op("tna::ternary_linear_grad_input", mutates_args=())
+def _linear_grad_input(backend: str, grad_y: Tensor, packed: Tensor, scale: Tensor, k: int) -> Tensor:
+    """grad_x ``[M, K]`` = grad_y ``[M, N]`` @ W, in grad_y's dtype."""
+    if backend == "torch":
+        weight = dequantize(unpack_ternary(packed, (packed.shape[0], k)), scale)
+        return (grad_y.to(torch.float64) @ weight.to(torch.float64)).to(grad_y.dtype)
+    if backend == "cpp":
+        return torch.ops.tna_cpp.ternary_linear_grad_input(grad_y.float().contiguous(), packed, scale, k).to(grad_y.dtype)
+    from . import triton as triton_kernels
+
+    return triton_kernels.ternary_linear_grad_input(grad_y.contiguous(), packed, scale, k)
+
+
+@_linear_grad_input.register_fake
+def _(backend, grad_y, packed, scale, k):
+    return grad_y.new_empty((grad_y.shape[0], k))
+
+
+# ---------------------------------------------------------------------------------------------
+# tna::ternary_linear
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("tna::ternary_linear", mutates_args=())
+def ternary_linear_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], weight: Optional[Tensor],
+                      spikes: bool, backend: str) -> Tensor:
+    """x ``[M, K]`` times the packed weight ``[N, ceil(K/16)]`` (scale ``[N]`` / ``[2, N]``, bias ``[N]``
+    float32) -> ``[M, N]``. ``weight`` ``[N, K]`` is only a gradient target (see the module docstring)."""
+    return _linear_forward(backend, x.contiguous(), packed, scale, bias, spikes)
+
+
+@ternary_linear_op.register_fake
+def _(x, packed, scale, bias, weight, spikes, backend):
+    return x.new_empty((x.shape[0], packed.shape[0]), dtype=output_dtype(x))
+
+
+def _linear_setup(ctx, inputs, output):
+    x, packed, scale, bias, weight, spikes, backend = inputs
+    ctx.backend = backend
+    ctx.k = x.shape[1]
+    ctx.x_dtype = x.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    keep_x = weight is not None and weight.requires_grad
+    ctx.save_for_backward(x if keep_x else None, packed, scale)
+
+
+def _linear_backward(ctx, grad_y):
+    x, packed, scale = ctx.saved_tensors
+    need_x, _, _, need_bias, need_weight = ctx.needs_input_grad[:5]
+    grad_x = grad_bias = grad_weight = None
+    if need_x:
+        grad_x = _linear_grad_input(ctx.backend, grad_y, packed, scale, ctx.k).to(ctx.x_dtype)
+    if need_bias:
+        grad_bias = grad_y.sum(0).to(ctx.bias_dtype)
+    if need_weight:
+        grad_weight = grad_y.T.to(torch.float32) @ x.to(torch.float32)
+    return grad_x, None, None, grad_bias, grad_weight, None, None
+
+
+ternary_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# tna::ternary_conv2d
+# ---------------------------------------------------------------------------------------------
+def _group_slices(packed: Tensor, scale: Tensor, bias: Optional[Tensor], groups: int):
+    """Per-group (packed, scale, bias) with the rows of that group's output channels."""
+    rows = packed.shape[0] // groups
+    for g in range(groups):
+        sl = slice(g * rows, (g + 1) * rows)
+        yield (packed[sl].contiguous(), scale[..., sl].contiguous(), None if bias is None else bias[sl].contiguous())
+
+
+def _conv_geometry(x_shape, kernel_size, stride, padding, dilation):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    h_out = (x_shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (x_shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return h_out, w_out
+
+
+def _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes):
+    """conv2d as the backend's linear kernel on the unfolded input (CPU backends)."""
+    batch = x.shape[0]
+    h_out, w_out = _conv_geometry(x.shape, kernel_size, stride, padding, dilation)
+    source = x if x.is_floating_point() else x.to(torch.float32)  # unfold needs floats; 0/1 stay exact
+    cols = F.unfold(source, kernel_size, dilation=dilation, padding=padding, stride=stride)  # [B, C*kh*kw, L]
+    k = cols.shape[1] // groups
+    outputs = []
+    for g, (p_g, s_g, b_g) in enumerate(_group_slices(packed, scale, bias, groups)):
+        x_g = cols[:, g * k:(g + 1) * k].transpose(1, 2).reshape(-1, k).contiguous()
+        outputs.append(_linear_forward(backend, x_g, p_g, s_g, b_g, spikes or not x.is_floating_point()))
+    y = torch.cat(outputs, dim=1) if groups > 1 else outputs[0]
+    y = y.view(batch, h_out * w_out, -1).transpose(1, 2).reshape(batch, -1, h_out, w_out)
+    return y.to(output_dtype(x)).contiguous()
+
+
+@torch.library.custom_op("tna::ternary_conv2d", mutates_args=())
+def ternary_conv2d_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], weight: Optional[Tensor],
+                      stride: list[int], padding: list[int], dilation: list[int], groups: int,
+                      kernel_size: list[int], spikes: bool, backend: str) -> Tensor:
+    """x ``[B, C, H, W]`` convolved with the packed weight ``[O, C/groups, kh, kw]`` -> ``[B, O, H_out, W_out]``."""
+    x = x.contiguous()
+    if backend == "torch":
+        return ternary_conv2d_reference(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes)
+    if backend == "cpp":
+        return _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes)
+    from . import triton as triton_kernels
+
+    if is_spike_input(x, spikes):
+        check_spikes(x)
+    return triton_kernels.ternary_conv2d(x, packed, scale, bias, stride, padding, dilation, groups,
+                                         tuple(kernel_size), spikes)
+
+
+@ternary_conv2d_op.register_fake
+def _(x, packed, scale, bias, weight, stride, padding, dilation, groups, kernel_size, spikes, backend):
+    h_out, w_out = _conv_geometry(x.shape, kernel_size, stride, padding, dilation)
+    return x.new_empty((x.shape[0], packed.shape[0], h_out, w_out), dtype=output_dtype(x))
+
+
+def _conv_setup(ctx, inputs, output):
+    x, packed, scale, bias, weight, stride, padding, dilation, groups, kernel_size, spikes, backend = inputs
+    ctx.geometry = (stride, padding, dilation, groups, kernel_size)
+    ctx.backend = backend
+    ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.weight_shape = None if weight is None else weight.shape
+    keep_x = weight is not None and weight.requires_grad
+    ctx.save_for_backward(x if keep_x else None, packed, scale)
+
+
+def _conv_backward(ctx, grad_y):
+    x, packed, scale = ctx.saved_tensors
+    stride, padding, dilation, groups, kernel_size = ctx.geometry
+    need_x, _, _, need_bias, need_weight = ctx.needs_input_grad[:5]
+    grad_x = grad_bias = grad_weight = None
+    if need_x:
+        batch, channels, height, width = ctx.x_shape
+        k = channels // groups * kernel_size[0] * kernel_size[1]
+        rows = packed.shape[0] // groups
+        g2d = grad_y.flatten(2).transpose(1, 2)  # [B, L, O]
+        cols = [
+            _linear_grad_input(ctx.backend, g2d[..., g * rows:(g + 1) * rows].reshape(-1, rows), p_g, s_g, k)
+            for g, (p_g, s_g, _) in enumerate(_group_slices(packed, scale, None, groups))
+        ]
+        cols = torch.cat(cols, dim=1).view(batch, -1, groups * k).transpose(1, 2)  # [B, C*kh*kw, L]
+        grad_x = F.fold(cols.float(), (height, width), kernel_size, dilation=dilation, padding=padding, stride=stride)
+        grad_x = grad_x.to(ctx.x_dtype)
+    if need_bias:
+        grad_bias = grad_y.sum((0, 2, 3)).to(ctx.bias_dtype)
+    if need_weight:
+        grad_weight = torch.nn.grad.conv2d_weight(
+            x.to(torch.float32), ctx.weight_shape, grad_y.to(torch.float32), stride, padding, dilation, groups
+        )
+    return grad_x, None, None, grad_bias, grad_weight, None, None, None, None, None, None, None
+
+
+ternary_conv2d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+def _prepare(x, packed, scale, bias, spikes, backend, k, what):
+    """Check the common arguments; return (backend, bias as float32 or None)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    if x.is_floating_point():
+        allowed = _REAL_DTYPES + ((torch.float64,) if spikes else ())
+    else:
+        allowed = _SPIKE_INT_DTYPES
+    backend = resolve_backend(backend, x.device)
+    if backend != "torch" and x.dtype not in allowed:
+        raise TypeError(f"{what}: x dtype {x.dtype} is not supported by the {backend} backend; use one of "
+                        f"{_REAL_DTYPES} (or {_SPIKE_INT_DTYPES} / spikes=True for 0/1 spike input)")
+    if x.numel() == 0:
+        raise ValueError(f"{what}: x is empty (shape {list(x.shape)})")
+    check_packed(packed, packed.shape[0] if isinstance(packed, Tensor) and packed.dim() == 2 else -1, k)
+    check_scale(scale, packed.shape[0], packed)
+    if packed.device != x.device:
+        raise ValueError(f"{what}: packed is on {packed.device} but x is on {x.device}")
+    if bias is not None:
+        if not isinstance(bias, Tensor) or not bias.is_floating_point() or tuple(bias.shape) != (packed.shape[0],):
+            raise ValueError(f"{what}: bias must be a float tensor of shape [{packed.shape[0]}], got "
+                             f"{bias.dtype if isinstance(bias, Tensor) else type(bias).__name__} "
+                             f"{list(bias.shape) if isinstance(bias, Tensor) else ''}")
+        if bias.device != x.device:
+            raise ValueError(f"{what}: bias is on {bias.device} but x is on {x.device}")
+        bias = bias.float().contiguous()
+    return backend, bias
+
+
+def ternary_linear(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor] = None, *,
+                   spikes: bool = False, backend: str = "auto", weight: Optional[Tensor] = None) -> Tensor:
+    """``y = x @ W^T + bias`` with the ternary weight W ``[N, K]`` given packed.
+
+    Args:
+        x: ``[..., K]``: float32 / float16 / bfloat16 (real-valued), or spikes: 0/1 values as bool,
+            uint8 or int8, or a float tensor with ``spikes=True``. Spike input is computed exactly.
+        packed: int32 ``[N, ceil(K / 16)]`` (``pack_ternary``); scale: float32 ``[N]`` or ``[2, N]``.
+        bias: ``[N]`` float, or None.
+        spikes: x holds only 0 and 1 (checked); take the exact integer path.
+        backend: "auto", "torch" (reference), "cpp" or "triton".
+        weight: for quantization-aware training only: the float quantized weight ``[N, K]`` whose
+            gradient (``grad_y^T x``) is wanted; its values are not read.
+
+    Returns ``[..., N]`` in x's dtype (float32 for integer x).
+    """
+    k = x.shape[-1] if isinstance(x, Tensor) and x.dim() >= 1 else -1
+    backend, bias = _prepare(x, packed, scale, bias, spikes, backend, k, "ternary_linear")
+    y = ternary_linear_op(x.reshape(-1, k), packed, scale, bias, weight, bool(spikes), backend)
+    return y.view(*x.shape[:-1], packed.shape[0])
+
+
+def ternary_conv2d(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
+                   dilation=1, groups: int = 1, *, kernel_size=None, spikes: bool = False, backend: str = "auto",
+                   weight: Optional[Tensor] = None) -> Tensor:
+    """2-D convolution with a packed ternary weight ``[O, C/groups, kh, kw]`` (``nn.Conv2d`` arithmetic).
+
+    Args:
+        x: ``[B, C, H, W]`` (dtypes as in ``ternary_linear``).
+        packed: int32 ``[O, ceil(C/groups * kh * kw / 16)]``; scale float32 ``[O]`` or ``[2, O]``.
+        kernel_size: ``(kh, kw)``; inferred (square) from the packing when it is unambiguous.
+        stride, padding, dilation: ints or pairs; groups divides C and O.
+        spikes, backend, weight: as in ``ternary_linear`` (weight: ``[O, C/groups, kh, kw]``).
+
+    Returns ``[B, O, H_out, W_out]`` in x's dtype (float32 for integer x).
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"ternary_conv2d: x must be a 4-D tensor [B, C, H, W], got "
+                         f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if not isinstance(groups, int) or groups < 1 or x.shape[1] % groups or (
+            isinstance(packed, Tensor) and packed.shape[0] % groups):
+        raise ValueError(f"ternary_conv2d: groups={groups} must divide the input channels ({x.shape[1]}) and the "
+                         f"output channels ({packed.shape[0] if isinstance(packed, Tensor) else '?'})")
+    kernel = _pair(list(conv_kernel_size(packed, x.shape[1] // groups, kernel_size)), "kernel_size")
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    k = x.shape[1] // groups * kernel[0] * kernel[1]
+    backend, bias = _prepare(x, packed, scale, bias, spikes, backend, k, "ternary_conv2d")
+    if min(_conv_geometry(x.shape, kernel, stride, padding, dilation)) < 1:
+        raise ValueError(f"ternary_conv2d: input {list(x.shape[2:])} is smaller than the kernel {kernel} "
+                         f"(padding {padding}, dilation {dilation})")
+    return ternary_conv2d_op(x, packed, scale, bias, weight, stride, padding, dilation, groups, kernel,
+                             bool(spikes), backend)
