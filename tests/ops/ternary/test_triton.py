@@ -144,27 +144,37 @@ def _spy(monkeypatch, launcher, calls: list, name: str):
 
 
 @pytest.mark.parametrize(
-    "m,k,expected",
+    "m,k,split_k,expected",
     [
-        (1, 45, ["small_m", "finish"]),  # automatic split-K for a GEMV-like product
-        (1, 17, ["small_m"]),  # K too short to split
-        (tt.SMALL_M, 17, ["small_m"]),
-        (tt.SMALL_M + 1, 45, ["tiled"]),
-        (70, 45, ["tiled"]),
+        (1, 45, 2, ["small_m", "finish"]),
+        (1, 17, None, ["small_m"]),  # K too short to split
+        (tt.SMALL_M, 17, None, ["small_m"]),
+        (tt.SMALL_M + 1, 45, None, ["tiled"]),
+        (70, 45, None, ["tiled"]),
+        (70, 45, 2, ["tiled", "finish"]),
     ],
 )
-def test_linear_launch_paths(monkeypatch, m, k, expected):
-    """M <= SMALL_M takes the small-M (split-K) path, larger M the tiled one; both give exact spikes."""
+def test_linear_launch_paths(monkeypatch, m, k, split_k, expected):
+    """M <= SMALL_M takes the small-M path, larger M the tiled one, and a split of K adds the finishing
+    kernel; every path gives the exact spike result."""
     calls = []
     _spy(monkeypatch, tt._linear_small_m, calls, "small_m")
     _spy(monkeypatch, tt._linear_tiled, calls, "tiled")
     _spy(monkeypatch, tt.ternary_linear_finish_kernel, calls, "finish")
-    gen = _generator("paths", m, k)
+    gen = _generator("paths", m, k, split_k)
     _, packed, scale, b = make_weight(gen, 33, (k,), False, True)
     x = spike_tensor(gen, (m, k), torch.uint8)
-    y = tt.ternary_linear(x, packed, scale, b)
+    y = tt.ternary_linear(x, packed, scale, b, split_k=split_k)
     assert calls == expected
     assert_exact(y, ternary_linear_reference(x, packed, scale, b))
+
+
+def test_auto_split_k_only_for_small_m_and_long_k():
+    device = torch.device(DEVICE)
+    assert tt._auto_split_k(1, 33, 4096, device) > 1
+    assert tt._auto_split_k(tt.SMALL_M, 33, 4096, device) > 1
+    assert tt._auto_split_k(tt.SMALL_M + 1, 33, 4096, device) == 1
+    assert tt._auto_split_k(1, 33, 16, device) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
