@@ -343,7 +343,6 @@ TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
   m.def("ternary_linear_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, bool simd) -> Tensor");
   m.def("ternary_linear_dense(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor");
   m.def("ternary_linear_grad_input(Tensor grad_y, Tensor packed, Tensor scale, int k) -> Tensor");
-  m.def("ternary_has_vpopcnt() -> bool", []() { return static_cast<bool>(TNA_HAVE_VPOPCNT); });
 }
 
 TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {

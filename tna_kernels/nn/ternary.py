@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.ternary.format import FORMAT_VERSION, pack_ternary
+from ..ops.ternary.format import FORMAT_VERSION, int_pair, pack_ternary
 from ..ops.ternary.op import ternary_conv2d, ternary_linear
 from ..ops.ternary.quantize import QUANTIZERS, quantize_weight, ternarize
 
@@ -127,10 +127,6 @@ class TernaryLinear(_Ternary):
                 + self._ternary_repr())
 
 
-def _pair(value):
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
 class TernaryConv2d(_Ternary):
     """Drop-in ``nn.Conv2d`` (zero padding) with ternary weights.
 
@@ -146,7 +142,8 @@ class TernaryConv2d(_Ternary):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.kernel_size, self.stride = int_pair("kernel_size", kernel_size, 1), int_pair("stride", stride, 1)
+        self.dilation = int_pair("dilation", dilation, 1)
         self.padding = self._resolve_padding(padding)
         self.weight = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype)
@@ -168,7 +165,7 @@ class TernaryConv2d(_Ternary):
             if any(t % 2 for t in total):
                 raise ValueError("padding='same' with an even effective kernel size is not supported")
             return tuple(t // 2 for t in total)
-        return _pair(padding)
+        return int_pair("padding", padding, 0)
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, quantizer: str = "twn", per_channel: bool = True, spikes: bool = False,

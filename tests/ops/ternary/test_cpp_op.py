@@ -148,11 +148,10 @@ def test_compile_frozen_model_fullgraph():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         tna_kernels.nn.TernaryConv2d(3, 8, 3, padding=1), torch.nn.Flatten(),
-        tna_kernels.nn.TernaryLinear(8 * 6 * 6, 5, spikes=True),
+        tna_kernels.nn.TernaryLinear(8 * 6 * 6, 5),
     )
     for layer in (model[0], model[2]):
         layer.freeze()
-    model[2].spikes = False
     x = torch.randn(2, 3, 6, 6)
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x))

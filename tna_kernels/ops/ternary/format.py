@@ -15,6 +15,7 @@ Backends may re-lay the words out when they load them (the C++ spike kernel spli
 bit-planes), but this is the layout that is stored and exchanged.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ def packed_words(k: int) -> int:
 def pack_ternary(codes: Tensor) -> Tensor:
     """Pack int codes ``[N, *rest]`` in {-1, 0, 1} into int32 words ``[N, ceil(K / 16)]``, K = prod(rest)."""
     if not isinstance(codes, Tensor) or codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-        raise TypeError(f"codes must be an integer tensor with values in {{-1, 0, 1}}, got {_describe(codes)}")
+        raise TypeError(f"codes must be an integer tensor with values in {{-1, 0, 1}}, got {describe(codes)}")
     if codes.dim() < 1:
         raise ValueError("codes must have at least one dimension (output channels first), got a scalar")
     if codes.numel() and (codes.min() < -1 or codes.max() > 1):
@@ -63,22 +64,27 @@ def unpack_ternary(packed: Tensor, shape) -> Tensor:
     return codes.reshape(shape)
 
 
-def check_packed(packed: Tensor, rows: int, k: int) -> None:
-    """Raise a clear error unless ``packed`` is int32 ``[rows, ceil(k / 16)]``."""
+def check_packed(packed: Tensor, rows: Optional[int], k: int) -> int:
+    """Raise a clear error unless ``packed`` is int32 ``[rows, ceil(k / 16)]`` (``rows=None``: any row
+    count). Returns the row count N."""
     if not isinstance(packed, Tensor) or packed.dtype != torch.int32:
-        raise TypeError(f"packed must be an int32 tensor (format version {FORMAT_VERSION}), got {_describe(packed)}")
+        raise TypeError(f"packed must be an int32 tensor (format version {FORMAT_VERSION}), got {describe(packed)}")
+    if packed.dim() != 2:
+        raise ValueError(f"packed must be a 2-D [N, ceil(K / 16)] tensor, got {describe(packed)}")
+    rows = packed.shape[0] if rows is None else rows
     expected = (rows, packed_words(k))
     if tuple(packed.shape) != expected:
         raise ValueError(
             f"packed has shape {tuple(packed.shape)}, but {rows} output channels of {k} inputs need "
             f"[N, ceil(K / 16)] = {list(expected)}"
         )
+    return rows
 
 
 def check_scale(scale: Tensor, rows: int, packed: Tensor) -> None:
     """Raise a clear error unless ``scale`` is float32 ``[rows]`` or ``[2, rows]`` on packed's device."""
     if not isinstance(scale, Tensor) or scale.dtype != torch.float32:
-        raise TypeError(f"scale must be a float32 tensor, got {_describe(scale)}")
+        raise TypeError(f"scale must be a float32 tensor, got {describe(scale)}")
     if tuple(scale.shape) not in ((rows,), (2, rows)):
         raise ValueError(f"scale must have shape [{rows}] or [2, {rows}] (one per output channel), got {list(scale.shape)}")
     if scale.device != packed.device:
@@ -94,22 +100,31 @@ def dequantize(codes: Tensor, scale: Tensor) -> Tensor:
     return (codes == 1).to(torch.float32) * positive - (codes == -1).to(torch.float32) * negative
 
 
-def _describe(value) -> str:
+def describe(value) -> str:
+    """A short description of an argument for error messages."""
     if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+        return f"a {value.dtype} tensor of shape {list(value.shape)} on {value.device}"
     return type(value).__name__
+
+
+def int_pair(name: str, value, minimum: int) -> tuple:
+    """``(h, w)`` from an int or a pair of ints, each >= ``minimum`` (conv stride, padding, ...)."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+    return pair
 
 
 def conv_kernel_size(packed: Tensor, in_per_group: int, kernel_size=None) -> tuple:
     """The conv kernel ``(kh, kw)`` of a packed ``[O, ceil(C/groups * kh * kw / 16)]`` weight.
 
-    Given ``kernel_size`` (an int or a pair) it is checked against the packing; without it the square
-    kernel that fits is inferred, and a packing that several square sizes would fit is refused.
+    A given ``kernel_size`` (an int or a pair) is returned as a pair (callers check it against the
+    packing); without it the square kernel that fits is inferred, and a packing that several square
+    sizes would fit is refused.
     """
     words = packed.shape[1] if isinstance(packed, Tensor) and packed.dim() == 2 else None
     if kernel_size is not None:
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        return int(kh), int(kw)
+        return int_pair("kernel_size", kernel_size, 1)
     fits = [k for k in range(1, 64) if words is not None and packed_words(in_per_group * k * k) == words]
     if len(fits) != 1:
         raise ValueError(

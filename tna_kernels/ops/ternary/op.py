@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backend import resolve_backend
-from .format import check_packed, check_scale, conv_kernel_size, dequantize, unpack_ternary
+from .format import check_packed, check_scale, conv_kernel_size, dequantize, int_pair, unpack_ternary
 from .reference import (
     check_spikes,
     is_spike_input,
@@ -30,13 +30,6 @@ from .reference import (
 
 _REAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _SPIKE_INT_DTYPES = (torch.bool, torch.uint8, torch.int8)
-
-
-def _pair(value, name: str) -> list:
-    pair = [value, value] if isinstance(value, int) else list(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,8 +231,7 @@ def _prepare(x, packed, scale, bias, spikes, backend, k, what):
                         f"{_REAL_DTYPES} (or {_SPIKE_INT_DTYPES} / spikes=True for 0/1 spike input)")
     if x.numel() == 0:
         raise ValueError(f"{what}: x is empty (shape {list(x.shape)})")
-    check_packed(packed, packed.shape[0] if isinstance(packed, Tensor) and packed.dim() == 2 else -1, k)
-    check_scale(scale, packed.shape[0], packed)
+    check_scale(scale, check_packed(packed, None, k), packed)
     if packed.device != x.device:
         raise ValueError(f"{what}: packed is on {packed.device} but x is on {x.device}")
     if bias is not None:
@@ -296,8 +288,9 @@ def ternary_conv2d(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tens
             isinstance(packed, Tensor) and packed.shape[0] % groups):
         raise ValueError(f"ternary_conv2d: groups={groups} must divide the input channels ({x.shape[1]}) and the "
                          f"output channels ({packed.shape[0] if isinstance(packed, Tensor) else '?'})")
-    kernel = _pair(list(conv_kernel_size(packed, x.shape[1] // groups, kernel_size)), "kernel_size")
-    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    kernel = list(conv_kernel_size(packed, x.shape[1] // groups, kernel_size))
+    stride, padding = list(int_pair("stride", stride, 1)), list(int_pair("padding", padding, 0))
+    dilation = list(int_pair("dilation", dilation, 1))
     k = x.shape[1] // groups * kernel[0] * kernel[1]
     backend, bias = _prepare(x, packed, scale, bias, spikes, backend, k, "ternary_conv2d")
     if min(_conv_geometry(x.shape, kernel, stride, padding, dilation)) < 1:

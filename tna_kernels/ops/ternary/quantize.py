@@ -66,6 +66,22 @@ def ternary_codes(w: Tensor, method: str, per_channel: bool = True) -> Tensor:
     return torch.clamp(torch.round(w / (gamma + _EPS)), -1, 1).to(torch.int8)
 
 
+def _scales(w: Tensor, codes: Tensor, method: str, per_channel: bool) -> Tensor:
+    """float32 scale ``[N]`` (twn, absmean) or ``[2, N]`` (ttq: mean |W| of the positive and of the
+    negative codes) of weights ``w`` with ``codes``."""
+    wf = w.detach().float()
+    rows = w.shape[0]
+    if method == "ttq":
+        positive = _masked_mean(wf.abs(), (codes == 1).float(), per_channel)
+        negative = _masked_mean(wf.abs(), (codes == -1).float(), per_channel)
+        return torch.stack([positive.reshape(-1).expand(rows), negative.reshape(-1).expand(rows)]).contiguous()
+    if method == "twn":
+        scale = _masked_mean(wf.abs(), (codes != 0).float(), per_channel)
+    else:
+        scale = _reduce(wf.abs(), per_channel, "mean")
+    return scale.reshape(-1).expand(rows).contiguous()
+
+
 def ternarize(w: Tensor, method: str = "twn", per_channel: bool = True):
     """Ternarize weights ``w`` ``[N, *rest]``.
 
@@ -75,17 +91,7 @@ def ternarize(w: Tensor, method: str = "twn", per_channel: bool = True):
     """
     _check_weight(w, method)
     codes = ternary_codes(w, method, per_channel)
-    wf = w.detach().float()
-    rows = w.shape[0]
-    if method == "twn":
-        scale = _masked_mean(wf.abs(), (codes != 0).float(), per_channel)
-    elif method == "ttq":
-        positive = _masked_mean(wf.abs(), (codes == 1).float(), per_channel)
-        negative = _masked_mean(wf.abs(), (codes == -1).float(), per_channel)
-        return codes, torch.stack([positive.reshape(-1).expand(rows), negative.reshape(-1).expand(rows)]).contiguous()
-    else:
-        scale = _reduce(wf.abs(), per_channel, "mean")
-    return codes, scale.reshape(-1).expand(rows).contiguous()
+    return codes, _scales(w, codes, method, per_channel)
 
 
 class _SymmetricSTE(torch.autograd.Function):
@@ -144,5 +150,5 @@ def quantize_weight(w: Tensor, method: str = "twn", per_channel: bool = True,
         w_q = _TTQ.apply(w, codes, w_p, w_n)
         scale = torch.stack([w_p.detach().float().expand(rows), w_n.detach().float().expand(rows)]).contiguous()
         return w_q, codes, scale
-    _, scale = ternarize(w, method, per_channel)
+    scale = _scales(w, codes, method, per_channel)
     return _SymmetricSTE.apply(w, codes, scale), codes, scale

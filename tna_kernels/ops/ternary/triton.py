@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .format import CODES_PER_WORD, check_packed, check_scale
+from .format import CODES_PER_WORD, check_packed, check_scale, describe, int_pair
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -206,6 +206,15 @@ def _round_to(b_y, dtype: tl.constexpr):
     return b_y.to(dtype)
 
 
+@triton.jit
+def _partial_offsets(i_s, o_plane, o_mn, ASYM: tl.constexpr):
+    """Offsets in ``partial [n_split, 1 or 2, M, N]`` of split ``i_s``'s positive (or only)
+    accumulator plane; the negative plane follows ``o_plane`` elements later."""
+    if ASYM:
+        return tl.cast(2 * i_s, tl.int64) * o_plane + o_mn
+    return tl.cast(i_s, tl.int64) * o_plane + o_mn
+
+
 @triton.jit(do_not_specialize=["M"])
 def ternary_linear_fwd_kernel(
     x,
@@ -261,12 +270,10 @@ def ternary_linear_fwd_kernel(
     m_mn = m_m[:, None] & m_n[None, :]
     if SPLIT:
         o_plane = tl.cast(M, tl.int64) * N
+        p_acc = partial + _partial_offsets(i_s, o_plane, o_mn, ASYM)
+        tl.store(p_acc, b_acc, mask=m_mn)
         if ASYM:
-            p_acc = partial + tl.cast(2 * i_s, tl.int64) * o_plane + o_mn
-            tl.store(p_acc, b_acc, mask=m_mn)
             tl.store(p_acc + o_plane, b_acc_n, mask=m_mn)
-        else:
-            tl.store(partial + tl.cast(i_s, tl.int64) * o_plane + o_mn, b_acc, mask=m_mn)
     else:
         b_y = _scale_bias(b_acc, b_acc_n, scale, bias, o_n, m_n, N, ASYM, HAS_BIAS)
         tl.store(y + o_mn, _round_to(b_y, y.dtype.element_ty), mask=m_mn)
@@ -298,12 +305,10 @@ def ternary_linear_finish_kernel(
     b_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=partial.dtype.element_ty)
     b_acc_n = tl.zeros_like(b_acc)
     for i_s in range(n_split):
+        p_acc = partial + _partial_offsets(i_s, o_plane, o_mn, ASYM)
+        b_acc += tl.load(p_acc, mask=m_mn, other=0)
         if ASYM:
-            p_acc = partial + tl.cast(2 * i_s, tl.int64) * o_plane + o_mn
-            b_acc += tl.load(p_acc, mask=m_mn, other=0)
             b_acc_n += tl.load(p_acc + o_plane, mask=m_mn, other=0)
-        else:
-            b_acc += tl.load(partial + tl.cast(i_s, tl.int64) * o_plane + o_mn, mask=m_mn, other=0)
 
     b_y = _scale_bias(b_acc, b_acc_n, scale, bias, o_n, m_n, N, ASYM, HAS_BIAS)
     tl.store(y + o_mn, _round_to(b_y, y.dtype.element_ty), mask=m_mn)
@@ -447,12 +452,6 @@ _linear_small_m = triton.autotune(configs=_small_m_configs(), key=_KEY, prune_co
 _linear_tiled = triton.autotune(configs=_tiled_configs(), key=_KEY, prune_configs_by=_PRUNE)(ternary_linear_fwd_kernel)
 
 
-def _describe(t) -> str:
-    if torch.is_tensor(t):
-        return f"a {t.dtype} tensor of shape {list(t.shape)} on {t.device}"
-    return repr(type(t).__name__)
-
-
 def _bucket(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
@@ -473,11 +472,11 @@ def _check_runnable(name: str, t: torch.Tensor) -> None:
 def _check_x(name: str, x, dims: int, spikes: bool) -> bool:
     """Check the activation tensor; returns whether it takes the exact spike path."""
     if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a tensor, got {_describe(x)}")
+        raise TypeError(f"{name} must be a tensor, got {describe(x)}")
     if x.dtype not in _FLOAT_DTYPES + _SPIKE_ONLY_DTYPES:
         raise TypeError(f"{name} must be float32, float16, bfloat16, or uint8 / int8 / bool spikes, got {x.dtype}")
     if x.dim() != dims:
-        raise ValueError(f"{name} must be a {dims}-D tensor, got {_describe(x)}")
+        raise ValueError(f"{name} must be a {dims}-D tensor, got {describe(x)}")
     if not x.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
     _check_runnable(name, x)
@@ -487,20 +486,14 @@ def _check_x(name: str, x, dims: int, spikes: bool) -> bool:
 def _check_weight(packed, scale, bias, rows: int | None, k: int, device: torch.device) -> int:
     """Check packed ``[rows, ceil(k / 16)]``, scale ``[rows]`` / ``[2, rows]`` and bias ``[rows]``
     (float32), all contiguous and on ``device``; ``rows=None`` takes packed's row count. Returns rows."""
-    if not torch.is_tensor(packed) or packed.dtype != torch.int32:
-        raise TypeError(f"packed must be an int32 tensor, got {_describe(packed)}")
-    if packed.dim() != 2:
-        raise ValueError(f"packed must be a 2-D [N, ceil(K / 16)] tensor, got {_describe(packed)}")
-    if rows is None:
-        rows = packed.shape[0]
     for name, t in (("packed", packed), ("scale", scale), ("bias", bias)):
         if torch.is_tensor(t) and t.device != device:
             raise ValueError(f"{name} is on {t.device} but the input is on {device}: all tensors must share a device")
-    check_packed(packed, rows, k)
+    rows = check_packed(packed, rows, k)
     check_scale(scale, rows, packed)
     if bias is not None:
         if not torch.is_tensor(bias) or bias.dtype != torch.float32:
-            raise TypeError(f"bias must be a float32 tensor or None, got {_describe(bias)}")
+            raise TypeError(f"bias must be a float32 tensor or None, got {describe(bias)}")
         if tuple(bias.shape) != (rows,):
             raise ValueError(f"bias must have shape [{rows}] (one per output channel), got {list(bias.shape)}")
     for name, t in (("packed", packed), ("scale", scale), ("bias", bias)):
@@ -611,7 +604,7 @@ def ternary_linear_grad_input(
         is rounded to grad_y's dtype before the dot).
     """
     if not torch.is_tensor(grad_y):
-        raise TypeError(f"grad_y must be a tensor, got {_describe(grad_y)}")
+        raise TypeError(f"grad_y must be a tensor, got {describe(grad_y)}")
     if grad_y.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"grad_y must be float32, float16 or bfloat16, got {grad_y.dtype}")
     _check_x("grad_y", grad_y, 2, False)
@@ -634,13 +627,6 @@ def ternary_linear_grad_input(
             ASYM=scale.dim() == 2, **_dot_options(grad_y.dtype),
         )
     return grad_x
-
-
-def _pair(name: str, value, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
-    return pair
 
 
 def ternary_conv2d(
@@ -673,20 +659,17 @@ def ternary_conv2d(
     spike_path = _check_x("x", x, 4, spikes)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be an int >= 1, got {groups!r}")
-    kh, kw = _pair("kernel_size", kernel_size, 1)
-    stride_h, stride_w = _pair("stride", stride, 1)
-    pad_h, pad_w = _pair("padding", padding, 0)
-    dil_h, dil_w = _pair("dilation", dilation, 1)
+    kh, kw = int_pair("kernel_size", kernel_size, 1)
+    stride_h, stride_w = int_pair("stride", stride, 1)
+    pad_h, pad_w = int_pair("padding", padding, 0)
+    dil_h, dil_w = int_pair("dilation", dilation, 1)
     b, c, h, w = x.shape
     if c % groups:
         raise ValueError(f"x has {c} channels, which groups={groups} does not divide")
     c_group = c // groups
-    if not torch.is_tensor(packed) or packed.dim() != 2:
-        _check_weight(packed, scale, bias, None, c_group * kh * kw, x.device)
-    o = packed.shape[0]
+    o = _check_weight(packed, scale, bias, None, c_group * kh * kw, x.device)
     if o % groups:
         raise ValueError(f"packed has {o} output channels, which groups={groups} does not divide")
-    _check_weight(packed, scale, bias, o, c_group * kh * kw, x.device)
     h_out = (h + 2 * pad_h - dil_h * (kh - 1) - 1) // stride_h + 1
     w_out = (w + 2 * pad_w - dil_w * (kw - 1) - 1) // stride_w + 1
     if h_out < 1 or w_out < 1:
