@@ -3,6 +3,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+TRAIN = ["scikit-learn", "matplotlib", "pyyaml"]
+
 setup(
     name="tna-kernels",
     version="0.1.0",
@@ -10,9 +12,19 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tna_kernels", "tna_kernels.*"]) + ["tna_kernels.csrc"],
-    package_dir={"tna_kernels.csrc": "csrc"},
+    packages=(find_packages(include=["tna_kernels", "tna_kernels.*"]) + ["tna_kernels.csrc"]
+              + find_packages("python", include=["tna", "tna.*"])),
+    package_dir={"tna_kernels.csrc": "csrc", "tna": "python/tna"},
     package_data={"tna_kernels.csrc": ["*.cpp"]},
     install_requires=["torch>=2.4", "triton>=3.0; platform_system == 'Linux'", "numpy", "tqdm", "ninja"],
-    extras_require={"dev": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={
+        "train": TRAIN,
+        "dvs": ["tonic", "aedat"],
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "aedat"] + TRAIN,
+    },
+    entry_points={"console_scripts": [
+        "tna-train=tna.cli:train_main",
+        "tna-export=tna.cli:export_main",
+        "tna-eval=tna.cli:eval_main",
+    ]},
 )

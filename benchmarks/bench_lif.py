@@ -8,81 +8,29 @@ minimum bytes moved, next to the measured device copy bandwidth.
 
 Every implementation is checked equal to the reference (spikes exactly) before it is timed.
 
-On Linux CPUs the script restarts itself with glibc's malloc told to keep freed memory
-(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): by default glibc returns every freed
-tensor of more than a few MiB to the OS, and the page faults of the next allocation then cost more
-than the kernels themselves, for every implementation alike. ``--system-malloc`` keeps the default.
+On Linux CPUs the script restarts itself with glibc's malloc tuned (see ``common.py``;
+``--system-malloc`` keeps the default).
 
     python benchmarks/bench_lif.py            # full run, writes benchmarks/results/lif_<device>.json
     python benchmarks/bench_lif.py --quick    # a short smoke run of every entry
 """
-import argparse
-import datetime
-import json
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-import tna_kernels
+from common import (
+    device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
+)
 from tna_kernels import lif_multistep
 from tna_kernels.ops.lif import lif_multistep_reference
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 CPU_SHAPES = [(16, 32, 4096), (4, 64, 128, 16, 16)] + [(t, 32, 4096) for t in (4, 8, 32)]
 GPU_SHAPES = [(t, 64 * 65536) for t in (4, 8, 16, 32)]
 
-# glibc malloc settings for CPU runs: serve every allocation from the heap and never trim it.
-MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
-
 # Minimum bytes per neuron-step, in units of the element size: forward reads x and writes spikes;
 # the training forward also writes u; the backward reads grad_spikes and u and writes grad_x.
 BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}
-
-
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=RESULTS.parent).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _time_ms(fn, device: str, quick: bool) -> float:
-    """Median wall time of ``fn`` in milliseconds (device events via do_bench on GPU)."""
-    if device == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=5 if quick else 25, rep=20 if quick else 200, return_mode="median"))
-    from torch.utils import benchmark
-
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.2 if quick else 0.4).median * 1e3
-
-
-def _rounds(device: str, quick: bool) -> int:
-    """Timing rounds per job. On a CPU the implementations are timed in turn, several rounds, and each
-    keeps its median round: slow drifts of a shared machine then hit every implementation alike."""
-    return 1 if quick or device == "cuda" else 5
 
 
 def _implementations(device: str):
@@ -157,11 +105,11 @@ def bench(device: str, jobs, quick: bool):
             entries += [(name, "forward", forward), (name, "forward+backward", forward_backward)]
         times = {(name, mode): [] for name, mode, _ in entries}
         peak = {}
-        for _ in range(_rounds(device, quick)):
+        for _ in range(timing_rounds(device, quick)):
             for name, mode, fn in entries:
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                times[name, mode].append(_time_ms(fn, device, quick))
+                times[name, mode].append(time_ms(fn, device, quick))
                 if device == "cuda":
                     peak[name, mode] = torch.cuda.max_memory_allocated() / 2**20
         for (name, mode), ms_list in times.items():
@@ -186,7 +134,7 @@ def copy_bandwidth_gbps(device: str, quick: bool) -> float:
     numel = (2**28 if device == "cuda" else 2**26)
     src = torch.empty(numel, device=device)
     dst = torch.empty_like(src)
-    ms = _time_ms(lambda: dst.copy_(src), device, quick)
+    ms = time_ms(lambda: dst.copy_(src), device, quick)
     return 2 * numel * 4 / ms / 1e6
 
 
@@ -209,54 +157,32 @@ def markdown(result) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="short timings on the first shape only")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
-    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default malloc settings on CPU")
-    args = parser.parse_args(argv)
-    malloc_tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
-    if args.device == "cpu" and not args.system_malloc and not malloc_tuned and platform.system() == "Linux":
-        argv = sys.argv[1:] if argv is None else list(argv)
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], {**os.environ, **MALLOC_TUNING})
-
+    args = parse_args(__doc__.splitlines()[0], "lif", argv)
+    malloc = tune_malloc(__file__, args, argv)
     if args.device == "cpu":  # bfloat16 on the first shape only
         jobs = [(shape, torch.float32) for shape in CPU_SHAPES] + [(CPU_SHAPES[0], torch.bfloat16)]
     else:
         jobs = [(shape, dtype) for shape in GPU_SHAPES for dtype in (torch.float32, torch.bfloat16)]
     if args.quick:
         jobs = [job for job in jobs if job[0] == jobs[0][0]]
-    versions = {"torch": torch.__version__, "tna_kernels": tna_kernels.__version__}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        pass
+    library_versions = versions()
     try:
         import spikingjelly
 
-        versions["spikingjelly"] = getattr(spikingjelly, "__version__", "installed")
+        library_versions["spikingjelly"] = getattr(spikingjelly, "__version__", "installed")
     except ImportError:
         pass
     result = dict(
         benchmark="lif",
-        device=_device_name(args.device),
-        versions=versions,
-        commit=_commit(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        malloc="glibc, freed memory kept (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_)" if malloc_tuned
-        else "system default",
+        device=device_name(args.device),
+        versions=library_versions,
+        commit=git_commit(),
+        date=utc_now(),
+        malloc=malloc,
         copy_GBps=copy_bandwidth_gbps(args.device, args.quick),
         rows=bench(args.device, jobs, args.quick),
     )
-    slug = re.sub(r"[^a-z0-9]+", "-", args.device + "-" + result["device"].lower()).strip("-")[:60]
-    out = args.out or RESULTS / f"lif_{slug}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results("lif", result, markdown(result), args)
 
 
 if __name__ == "__main__":

@@ -14,3 +14,5 @@ pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$OUT/device.txt"
 python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.log"
 python benchmarks/bench_lif.py --device cuda --out "$OUT/lif_cuda.json" 2>&1 | tee "$OUT/bench_lif.log"
+python benchmarks/bench_ternary.py --device cuda --out "$OUT/ternary_cuda.json" 2>&1 | tee "$OUT/bench_ternary.log"
+python benchmarks/bench_train_step.py --device cuda --out "$OUT/train_step_cuda.json" 2>&1 | tee "$OUT/bench_train_step.log"

@@ -1,0 +1,273 @@
+"""Benchmark the ternary-weight linear and conv2d kernels against dense F.linear and F.conv2d.
+
+CPU: ``ternary_linear`` (C++) at K = N = 4096, M in {16, 256, 2048}, on spike input (0/1 float32,
+20 % ones, ``spikes=True``) and on real-valued float32 input, against ``F.linear`` with the same
+weight dequantized to float32, and in bfloat16 (weight and input); and ``ternary_conv2d`` on the
+spikes of a spiking ResNet layer (input [64, 128, 16, 16] with T*B folded, 3x3 conv 128 -> 128,
+padding 1) against ``F.conv2d`` in float32 and bfloat16.
+GPU (when CUDA is present): the Triton kernels at K = N = 8192, M in {1, 16, 1024, 4096}, on
+bfloat16 spikes and bfloat16 real input, against cuBLAS (``F.linear`` in bfloat16 and in float32,
+PyTorch's default precision), and the conv layer against cuDNN (``cudnn.benchmark`` on). The public
+functions check that spike input holds only 0 and 1, which synchronizes the GPU, so the Triton
+kernel called directly (no check) is timed as well.
+
+Weights are the TWN codes of a standard normal weight with a scale per output channel, packed with
+``pack_ternary``; the dense baselines use the same weight dequantized. Before timing, spike results
+are checked equal to ``reference.py``'s exact path and real-valued results close to ``F.linear`` of
+the dequantized weight in float64; a failed check aborts. TOP/s counts the 2*M*N*K operations of the
+dense product (for spike input too). The goals of the ternary issue are printed as met or not.
+
+On Linux CPUs the script restarts itself with glibc's malloc tuned (see ``common.py``;
+``--system-malloc`` keeps the default).
+
+    python benchmarks/bench_ternary.py            # full run, writes benchmarks/results/ternary_<device>.json
+    python benchmarks/bench_ternary.py --quick    # a short smoke run: the smallest M and the conv layer
+"""
+import statistics
+import sys
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+import tna_kernels
+from common import (
+    device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
+)
+from tna_kernels.ops.ternary import dequantize, ternary_conv2d_reference, ternary_linear_reference
+
+LINEAR = {"cpu": (4096, 4096, (16, 256, 2048)), "cuda": (8192, 8192, (1, 16, 1024, 4096))}
+"""Per device: K, N and the values of M of the linear layer."""
+CONV_INPUT = (64, 128, 16, 16)
+"""[T*B, C, H, W] spike input of the conv layer."""
+CONV_WEIGHT = (128, 128, 3, 3)
+"""[O, C, kh, kw] weight of the conv layer (stride 1, padding CONV_PADDING)."""
+CONV_PADDING = 1
+SPIKE_RATE = 0.2
+REAL_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+"""Largest max|y - y_ref| / max|y_ref| of real-valued input, by output dtype."""
+KERNEL_NAME = "tna Triton kernel, no spike check"
+
+SPEED_GOALS = [
+    # (goal, device, layer, inputs, baseline, shape filter, least speedup)
+    ("CPU: spike input at M=256 at least 5x faster than F.linear fp32",
+     "cpu", "linear", ("spikes",), "fp32", lambda shape: shape["M"] == 256, 5.0),
+    ("GPU: M <= 16 at least 4x faster than cuBLAS bf16 (K = N = 8192)",
+     "cuda", "linear", ("spikes", "real"), "bf16", lambda shape: shape["M"] <= 16, 4.0),
+    ("GPU: spike input at M >= 1024 at least 1.3x faster than cuBLAS bf16",
+     "cuda", "linear", ("spikes",), "bf16", lambda shape: shape["M"] >= 1024, 1.3),
+    ("GPU: conv2d on spikes at least as fast as cuDNN bf16",
+     "cuda", "conv2d", ("spikes",), "bf16", lambda shape: True, 1.0),
+]
+MEMORY_GOAL = ("packed weights (with scales) at least 15x smaller than float32", 15.0)
+
+
+def _tna_name(device: str) -> str:
+    return "tna C++" if device == "cpu" else "tna Triton"
+
+
+def _activation_dtype(device: str) -> torch.dtype:
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def _ternary_weight(shape, device: str):
+    """A ternary weight of ``shape`` = ``[N, *rest]``: TWN codes of a standard normal weight.
+
+    Returns ``(packed, scale, dense)``: int32 ``[N, ceil(K / 16)]`` words, float32 ``[N]`` scales and
+    the float32 dequantized weight of ``shape``.
+    """
+    codes, scale = tna_kernels.ternarize(torch.randn(shape, device=device))
+    return tna_kernels.pack_ternary(codes), scale, dequantize(codes, scale)
+
+
+def _weight_memory(packed, scale, dense) -> dict:
+    """Bytes of the packed weight (words and scales) and of the dense weight in fp32 and bf16."""
+    ternary = packed.numel() * packed.element_size() + scale.numel() * scale.element_size()
+    size = {"ternary": ternary, "fp32": dense.numel() * 4, "bf16": dense.numel() * 2}
+    return dict(weight_shape=list(dense.shape), bytes=size, fp32_over_ternary=size["fp32"] / ternary,
+                bf16_over_ternary=size["bf16"] / ternary)
+
+
+def _entries(kind: str, x, impls: dict, expected, dense_name: str, dense, weight) -> list:
+    """Entries on input ``x`` of kind "spikes" or "real": the ternary ``impls`` (name -> function,
+    checked against ``expected``) and ``dense(x, weight)`` with input and weight in fp32 and in bf16."""
+    entries = [dict(impl=name, input=kind, dtype=x.dtype, weight_format="ternary", fn=fn, expected=expected)
+               for name, fn in impls.items()]
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        x_d, w_d = x.to(dtype), weight.to(dtype)
+        entries.append(dict(impl=f"{dense_name} {label}", input=kind, dtype=dtype, weight_format=label,
+                            fn=lambda x_d=x_d, w_d=w_d: dense(x_d, w_d), expected=None))
+    return entries
+
+
+def _linear_job(device: str, m: int, k: int, n: int) -> dict:
+    """``y [M, N] = x [M, K] @ W^T`` with a ternary ``W [N, K]``, on spikes and on real-valued x."""
+    packed, scale, weight = _ternary_weight((n, k), device)
+    spikes = (torch.rand(m, k, device=device) < SPIKE_RATE).to(_activation_dtype(device))
+    real = torch.randn(m, k, device=device).to(_activation_dtype(device))
+    spike_impls = {_tna_name(device): lambda: tna_kernels.ternary_linear(spikes, packed, scale, spikes=True)}
+    if device == "cuda":
+        from tna_kernels.ops.ternary import triton as triton_ternary
+
+        spike_impls[KERNEL_NAME] = lambda: triton_ternary.ternary_linear(spikes, packed, scale, None, True)
+    real_impls = {_tna_name(device): lambda: tna_kernels.ternary_linear(real, packed, scale)}
+    spike_expected = ternary_linear_reference(spikes, packed, scale, spikes=True)
+    real_expected = F.linear(real.double(), weight.double())
+    entries = (_entries("spikes", spikes, spike_impls, spike_expected, "F.linear", F.linear, weight)
+               + _entries("real", real, real_impls, real_expected, "F.linear", F.linear, weight))
+    return dict(layer="linear", case=f"M={m} K={k} N={n}", shape=dict(M=m, K=k, N=n), ops=2 * m * n * k,
+                weight=_weight_memory(packed, scale, weight), entries=entries)
+
+
+def _conv_job(device: str) -> dict:
+    """The conv layer ``CONV_WEIGHT`` on spikes ``CONV_INPUT`` -> ``[T*B, O, H, W]`` (stride 1)."""
+    packed, scale, weight = _ternary_weight(CONV_WEIGHT, device)
+    spikes = (torch.rand(CONV_INPUT, device=device) < SPIKE_RATE).to(_activation_dtype(device))
+    kernel = CONV_WEIGHT[2:]
+    impls = {_tna_name(device): lambda: tna_kernels.ternary_conv2d(
+        spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True)}
+    if device == "cuda":
+        from tna_kernels.ops.ternary import triton as triton_ternary
+
+        impls[KERNEL_NAME] = lambda: triton_ternary.ternary_conv2d(
+            spikes, packed, scale, None, 1, CONV_PADDING, 1, 1, kernel, True)
+    expected = ternary_conv2d_reference(spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True)
+    batch, channels, height, width = CONV_INPUT
+    out_channels, _, kh, kw = CONV_WEIGHT
+    h_out, w_out = height + 2 * CONV_PADDING - kh + 1, width + 2 * CONV_PADDING - kw + 1
+    return dict(
+        layer="conv2d",
+        case=f"x {list(CONV_INPUT)} W {list(CONV_WEIGHT)} padding {CONV_PADDING}",
+        shape=dict(input=list(CONV_INPUT), weight=list(CONV_WEIGHT), padding=CONV_PADDING),
+        ops=2 * batch * h_out * w_out * out_channels * channels * kh * kw,
+        weight=_weight_memory(packed, scale, weight),
+        entries=_entries("spikes", spikes, impls, expected, "F.conv2d",
+                         partial(F.conv2d, padding=CONV_PADDING), weight),
+    )
+
+
+def _check(entry: dict) -> None:
+    """Spike input: equal to the exact reference. Real input: within ``REAL_TOLERANCE`` of float64."""
+    got, expected = entry["fn"](), entry["expected"]
+    name = f"{entry['impl']} on {entry['input']} input"
+    if entry["input"] == "spikes":
+        if not torch.equal(got, expected):
+            mismatch = (got != expected).float().mean().item()
+            raise AssertionError(f"{name} differs from the exact reference on {mismatch:.2e} of the outputs")
+        return
+    error = ((got.double() - expected).abs().max() / expected.abs().max()).item()
+    if error > REAL_TOLERANCE[got.dtype]:
+        raise AssertionError(f"{name}: max error {error:.2e} of max |y| exceeds {REAL_TOLERANCE[got.dtype]:.0e}")
+
+
+def bench(device: str, jobs, quick: bool):
+    """Check, then time every entry of each job (a function building it), the entries of a job in turn
+    over ``timing_rounds`` rounds. Returns (rows, weight memory per weight shape)."""
+    from tqdm import tqdm
+
+    rows, weights = [], {}
+    for make_job in tqdm(jobs, desc=f"ternary on {device}", file=sys.stderr):
+        job = make_job()
+        for entry in job["entries"]:
+            if entry["expected"] is not None:
+                _check(entry)
+        times = [[] for _ in job["entries"]]
+        for _ in range(timing_rounds(device, quick)):
+            for entry, ms_list in zip(job["entries"], times):
+                ms_list.append(time_ms(entry["fn"], device, quick))
+        job_rows = []
+        for e, ms_list in zip(job["entries"], times):
+            ms = statistics.median(ms_list)
+            job_rows.append({
+                "layer": job["layer"], "case": job["case"], "shape": job["shape"], "input": e["input"],
+                "dtype": str(e["dtype"]).removeprefix("torch."), "impl": e["impl"],
+                "weight_format": e["weight_format"], "weight_bytes": job["weight"]["bytes"][e["weight_format"]],
+                "ms": ms, "TOP/s": job["ops"] / ms / 1e9,
+            })
+        for row in job_rows:
+            for baseline in ("fp32", "bf16"):
+                base = next(r["ms"] for r in job_rows if r["input"] == row["input"] and r["weight_format"] == baseline)
+                row[f"speedup_vs_{baseline}"] = base / row["ms"]
+        rows += job_rows
+        weights[tuple(job["weight"]["weight_shape"])] = job["weight"]
+    return rows, list(weights.values())
+
+
+def goals(device: str, rows, weights) -> list:
+    """The issue's goals for ``device``: each with the worst measured value (None: not measured)."""
+    result = []
+    for goal, goal_device, layer, inputs, baseline, selects, target in SPEED_GOALS:
+        if goal_device != device:
+            continue
+        values = [r[f"speedup_vs_{baseline}"] for r in rows
+                  if r["layer"] == layer and r["impl"] == _tna_name(device) and r["input"] in inputs
+                  and selects(r["shape"])]
+        value = min(values) if values else None
+        result.append(dict(goal=goal, target=target, value=value, met=None if value is None else value >= target))
+    ratio = min(w["fp32_over_ternary"] for w in weights)
+    result.append(dict(goal=MEMORY_GOAL[0], target=MEMORY_GOAL[1], value=ratio, met=ratio >= MEMORY_GOAL[1]))
+    return result
+
+
+def markdown(result) -> str:
+    version_text = ", ".join(f"{name} {version}" for name, version in result["versions"].items())
+    lines = [
+        f"Ternary linear / conv2d on {result['device']}, {version_text}, commit {result['commit']}, {result['date']}",
+        f"threads: {result['threads']}, malloc: {result['malloc']}, spike rate {result['spike_rate']:.0%}; "
+        "TOP/s counts the 2*M*N*K operations of the dense product",
+        "",
+        "| layer | shape | input | implementation | time (ms) | TOP/s | vs fp32 | vs bf16 |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['layer']} | {r['case']} | {r['input']} ({r['dtype']}) | {r['impl']} | {r['ms']:.3f} | "
+            f"{r['TOP/s']:.3f} | {r['speedup_vs_fp32']:.2f}x | {r['speedup_vs_bf16']:.2f}x |"
+        )
+    lines += [
+        "",
+        "| weight | ternary bytes (with scales) | fp32 bytes | bf16 bytes | fp32 / ternary | bf16 / ternary |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for w in result["weights"]:
+        size = w["bytes"]
+        lines.append(
+            f"| {'x'.join(map(str, w['weight_shape']))} | {size['ternary']} | {size['fp32']} | {size['bf16']} | "
+            f"{w['fp32_over_ternary']:.2f}x | {w['bf16_over_ternary']:.2f}x |"
+        )
+    lines += ["", "Goals:"]
+    for g in result["goals"]:
+        status = "not measured" if g["met"] is None else "met" if g["met"] else "NOT met"
+        value = "" if g["value"] is None else f": {g['value']:.2f}x (target {g['target']:g}x)"
+        lines.append(f"- {status}: {g['goal']}{value}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], "ternary", argv)
+    malloc = tune_malloc(__file__, args, argv)
+    torch.manual_seed(0)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    k, n, ms = LINEAR[args.device]
+    jobs = [partial(_linear_job, args.device, m, k, n) for m in (ms[:1] if args.quick else ms)]
+    jobs.append(partial(_conv_job, args.device))
+    rows, weights = bench(args.device, jobs, args.quick)
+    result = dict(
+        benchmark="ternary",
+        device=device_name(args.device),
+        versions=versions(),
+        commit=git_commit(),
+        date=utc_now(),
+        threads=torch.get_num_threads(),
+        malloc=malloc,
+        spike_rate=SPIKE_RATE,
+        rows=rows,
+        weights=weights,
+        goals=goals(args.device, rows, weights),
+    )
+    write_results("ternary", result, markdown(result), args)
+
+
+if __name__ == "__main__":
+    main()

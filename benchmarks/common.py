@@ -1,0 +1,114 @@
+"""Helpers shared by the benchmark scripts: command line, machine description, timing and output.
+
+On Linux CPUs a benchmark restarts itself with glibc's malloc told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): by default glibc returns every freed tensor
+of more than a few MiB to the OS, and the page faults of the next allocation then cost more than the
+kernels themselves, for every implementation alike. ``--system-malloc`` keeps the default.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import tna_kernels
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# glibc malloc settings for CPU runs: serve every allocation from the heap and never trim it.
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+
+
+def parse_args(description: str, benchmark: str, argv=None) -> argparse.Namespace:
+    """``--device``, ``--quick``, ``--out`` and ``--system-malloc`` for the benchmark named ``benchmark``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="short timings on the first shape only")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON path (default benchmarks/results/{benchmark}_<device>.json)")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default malloc settings on CPU")
+    return parser.parse_args(argv)
+
+
+def tune_malloc(script: str, args: argparse.Namespace, argv=None) -> str:
+    """Restart ``script`` with ``MALLOC_TUNING`` in its environment for a Linux CPU run (unless
+    ``--system-malloc`` or already tuned); returns the malloc setting in force, for the results."""
+    tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
+    if args.device == "cpu" and not args.system_malloc and not tuned and platform.system() == "Linux":
+        argv = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, str(Path(script).resolve()), *argv], {**os.environ, **MALLOC_TUNING})
+    return "glibc, freed memory kept (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_)" if tuned else "system default"
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU model with the thread count torch uses."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=RESULTS.parent).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    """Versions of torch, tna_kernels and (where installed) triton."""
+    found = {"torch": torch.__version__, "tna_kernels": tna_kernels.__version__}
+    try:
+        import triton
+
+        found["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return found
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def time_ms(fn, device: str, quick: bool) -> float:
+    """Median wall time of ``fn`` in milliseconds (device events via do_bench on GPU)."""
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=5 if quick else 25, rep=20 if quick else 200, return_mode="median"))
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=0.2 if quick else 0.4).median * 1e3
+
+
+def timing_rounds(device: str, quick: bool) -> int:
+    """Timing rounds per job. On a CPU the implementations are timed in turn, several rounds, and each
+    keeps its median round: slow drifts of a shared machine then hit every implementation alike."""
+    return 1 if quick or device == "cuda" else 5
+
+
+def write_results(benchmark: str, result: dict, markdown: str, args: argparse.Namespace) -> None:
+    """Write ``result`` as JSON to ``--out`` (default ``results/<benchmark>_<device slug>[_quick].json``)
+    and ``markdown`` next to it (``.md``); print the markdown."""
+    slug = re.sub(r"[^a-z0-9]+", "-", args.device + "-" + result["device"].lower()).strip("-")[:60]
+    out = args.out or RESULTS / f"{benchmark}_{slug}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""The Twin Network Augmentation (TNA) trainer, built on the fused kernels of ``tna_kernels``."""

@@ -1,0 +1,209 @@
+"""Command-line entry points: ``tna-train``, ``tna-export`` and ``tna-eval``."""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import AMP_MODES, OPTIMIZERS, TWIN_WEIGHTS, ConfigError, TrainConfig, read_yaml
+from .data import DATASETS, DataError
+from .losses import METHODS, MSE_REDUCTIONS
+from .models import ARCHS, WEIGHTS
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def _list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in str(text).split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tna-train",
+        description="Train spiking networks with Twin Network Augmentation (or a baseline) and write reports. "
+                    "With no flags: TNA, ternary weights, the bundled scikit-learn digits dataset.",
+        argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="YAML file of settings (keys as the flags); flags override it")
+    p.add_argument("--dataset", help=f"one of {DATASETS} (default digits)")
+    p.add_argument("--data-dir", help="folder holding the dataset (default ./data)")
+    p.add_argument("--download", action="store_true", help="fetch the public archive when the data is missing")
+    p.add_argument("--arch", help=f"one of {ARCHS} (default: convnet for digits, resnet19 for CIFAR, vgg11 for DVS)")
+    p.add_argument("--timesteps", type=int, help="T, simulation steps per sample")
+    p.add_argument("--method", type=_list(str), help=f"comma list of {METHODS} (default tna)")
+    p.add_argument("--weights", type=_list(str), help=f"comma list of {WEIGHTS} (default ternary)")
+    p.add_argument("--quantizer", help="ternary quantizer: twn, ttq or absmean (default twn)")
+    p.add_argument("--quantize-first-last", action="store_true", help="make the first and last layer ternary too")
+    p.add_argument("--twin-width", type=float, help="channel multiplier of the twin (default 1)")
+    p.add_argument("--twin-weights", choices=TWIN_WEIGHTS, help="twin weight precision (default: same as base)")
+    p.add_argument("--tna-lambda", type=float, help="weight of the logit MSE in TNA (default 1)")
+    p.add_argument("--mse-reduction", choices=MSE_REDUCTIONS, help="sum over logits (default) or mean")
+    p.add_argument("--teacher", help="kd: a model file from tna-export, or a run directory")
+    p.add_argument("--kd-temperature", type=float, help="kd temperature (default 4)")
+    p.add_argument("--kd-alpha", type=float, help="kd weight of the soft loss (default 0.9)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (cosine schedule)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    p.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default none)")
+    p.add_argument("--seeds", type=_list(int), help="comma list of seeds (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", help="output folder (default runs/<dataset>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run (or every run of the sweep) in RUN_DIR with its saved settings")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def _fail(prog: str, error: Exception) -> int:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
+def plan_runs(args: dict) -> tuple:
+    """``(out_dir, [(run_dir, TrainConfig)])`` from parsed flags (and the YAML file they name)."""
+    settings = read_yaml(args.pop("config")) if "config" in args else {}
+    settings.update(args)
+    methods = _as_list(settings.pop("method", "tna"))
+    weights = _as_list(settings.pop("weights", "ternary"))
+    seeds = [int(s) for s in _as_list(settings.pop("seeds", [0]))]
+    out = Path(settings.pop("out", f"runs/{settings.get('dataset', 'digits')}"))
+    runs = []
+    for method in methods:
+        for weight in weights:
+            for seed in seeds:
+                config = TrainConfig.from_dict({**settings, "method": method, "weights": weight, "seed": seed})
+                runs.append((out / f"{method}-{weight}-seed{seed}", config.resolved()))
+    return out, runs
+
+
+def _resume_plan(path: str) -> tuple:
+    folder = Path(path)
+    if (folder / "config.json").is_file():
+        config = TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        return folder, [(folder, config)]
+    if (folder / "sweep.json").is_file():
+        sweep = json.loads((folder / "sweep.json").read_text())
+        return folder, [(folder / name, TrainConfig.from_dict(c)) for name, c in sweep["runs"].items()]
+    raise CheckpointError(f"--resume {path}: no config.json (a run) or sweep.json (several runs) there")
+
+
+def _init_distributed() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def train_main(argv=None) -> int:
+    """``tna-train``: train every (method, weights, seed) asked for; exit status 0 on success, 2 on bad input."""
+    args = vars(train_parser().parse_args(argv))
+    progress = args.pop("progress", True)
+    main_process = os.environ.get("RANK", "0") == "0"  # set by torchrun
+    say = (lambda text: print(f"tna-train: {text}", file=sys.stderr)) if main_process else (lambda text: None)
+    distributed, out = False, None
+    try:
+        if "resume" in args:
+            out, runs = _resume_plan(args["resume"])
+        else:
+            out, runs = plan_runs(args)
+            out.mkdir(parents=True, exist_ok=True)
+        if main_process and "resume" not in args:
+            (out / "sweep.json").write_text(json.dumps(
+                {"runs": {run_dir.name: config.to_dict() for run_dir, config in runs}}, indent=2) + "\n")
+        distributed = _init_distributed()
+        from .report import write_comparison
+        from .trainer import Trainer
+
+        reports = []
+        for run_dir, config in runs:
+            if (run_dir / "report.json").is_file():
+                reports.append(json.loads((run_dir / "report.json").read_text()))
+                continue
+            say(f"{config.method}, {config.weights} weights, seed {config.seed}, {config.dataset} "
+                f"({config.arch}, T={config.timesteps}, {config.epochs} epochs) -> {run_dir}")
+            reports.append(Trainer(config, run_dir, progress=progress).run())
+            acc = reports[-1]["test_accuracy"]
+            say(f"{run_dir}: base test accuracy {acc['base']:.4f}"
+                + ("" if acc["twin"] is None else f", twin {acc['twin']:.4f}"))
+        if len(reports) > 1 and main_process:
+            write_comparison(out, reports)
+            say(f"comparison in {out / 'comparison.md'}")
+        return 0
+    except USER_ERRORS as error:
+        return _fail("tna-train", error)
+    except KeyboardInterrupt:
+        print(f"tna-train: interrupted; continue with: tna-train --resume {args.get('resume') or out or 'OUT'}",
+              file=sys.stderr)
+        return 130
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def export_main(argv=None) -> int:
+    """``tna-export RUN_DIR --out model.pt``: the base network only, frozen, BatchNorm folded."""
+    p = argparse.ArgumentParser(prog="tna-export", description="Write a run's base network for deployment.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="file to write (e.g. model.pt)")
+    args = p.parse_args(argv)
+    from .deploy import export_run
+
+    try:
+        info = export_run(args.run_dir, args.out)
+    except USER_ERRORS as error:
+        return _fail("tna-export", error)
+    print(f"tna-export: wrote {args.out} ({info['bytes'] / 1024:.1f} KiB of weights, after {info['epochs']} epochs)")
+    return 0
+
+
+def eval_main(argv=None) -> int:
+    """``tna-eval model.pt [--dataset D] [--data-dir DIR]``: test accuracy and firing rate of a deployed model."""
+    p = argparse.ArgumentParser(prog="tna-eval", description="Evaluate a model written by tna-export.")
+    p.add_argument("model")
+    p.add_argument("--dataset", help="dataset to test on (default: the one it was trained on)")
+    p.add_argument("--data-dir", help="folder holding the dataset (default: the training run's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    from .data import load_dataset
+    from .deploy import load_deployed
+    from .trainer import evaluate, resolve_device
+
+    try:
+        model, config = load_deployed(args.model)
+        dataset = args.dataset or config.dataset
+        if dataset != config.dataset:
+            raise ConfigError(f"{args.model} was trained on {config.dataset}; it cannot be tested on {dataset}")
+        data = load_dataset(dataset, args.data_dir or config.data_dir, timesteps=config.timesteps)
+        device = resolve_device(args.device)
+        result = evaluate(model.to(device), data, args.batch_size, device)
+    except USER_ERRORS as error:
+        return _fail("tna-eval", error)
+    if args.json:
+        print(json.dumps({"dataset": dataset, **result}))
+    else:
+        print(f"{dataset}: test accuracy {result['accuracy']:.4f}, spike rate {result['spike_rate']['mean']:.4f}")
+    return 0
+
+
+__all__ = ["eval_main", "export_main", "plan_runs", "train_main", "train_parser"]

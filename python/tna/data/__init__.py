@@ -1,0 +1,34 @@
+"""Datasets for the TNA trainer, held in memory as compact uint8 tensors, and device-side batching.
+
+``load_dataset(name, data_dir)`` returns a ``DataSplits``; ``batches(data, train, batch_size, ...)``
+turns it into normalized, shuffled and augmented float batches on the training device. Missing or
+malformed data raises ``DataError``, whose message tells the user what to fetch and where to put it.
+"""
+from .base import DataError, DataSplits
+from .batching import batches, num_batches, random_crop_flip
+from .cifar import load_cifar
+from .digits import load_digits_splits
+from .dvs import load_cifar10dvs
+
+DATASETS = ("digits", "cifar10", "cifar100", "cifar10dvs")
+
+__all__ = ["DATASETS", "DataError", "DataSplits", "batches", "load_dataset", "num_batches",
+           "random_crop_flip"]
+
+
+def load_dataset(name: str, data_dir=None, *, timesteps: int = 10, size: int = 48,
+                 download: bool = False) -> DataSplits:
+    """Load the dataset ``name`` (one of ``DATASETS``) with both splits.
+
+    ``data_dir`` (default ``./data``; ignored by ``digits``) holds the dataset folder
+    (``cifar-10-batches-py``, ``cifar-100-python``, ``CIFAR10DVS``) or is that folder itself.
+    ``timesteps`` (frames per recording) and ``size`` (frame height and width) only matter for
+    ``cifar10dvs``. ``download=True`` fetches a missing CIFAR or CIFAR10-DVS dataset.
+    """
+    if name == "digits":
+        return load_digits_splits()
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, data_dir, download=download)
+    if name == "cifar10dvs":
+        return load_cifar10dvs(data_dir, timesteps=timesteps, size=size, download=download)
+    raise DataError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASETS)}.")
