@@ -89,7 +89,8 @@ def time_ms(fn, device: str, quick: bool) -> float:
     if device == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=5 if quick else 25, rep=20 if quick else 200, return_mode="median"))
+        return float(triton.testing.do_bench(fn, warmup=5 if quick else 25, rep=20 if quick else 200,
+                                             return_mode="median"))
     from torch.utils import benchmark
 
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())

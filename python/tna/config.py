@@ -96,7 +96,8 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(cls)]}")
+            known = [f.name for f in dataclasses.fields(cls)]
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {known}")
         return cls(**values)
 
 

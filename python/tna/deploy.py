@@ -65,7 +65,8 @@ def export_run(run_dir, out_path) -> dict:
     deployed = deployable(model)
     save_atomic({"format": CHECKPOINT_FORMAT, "kind": DEPLOYED_KIND, "config": config.to_dict(),
                  "structure": _structure(deployed), "model": deployed.state_dict()}, out_path)
-    return {"epochs": state["epoch"], "bytes": sum(t.numel() * t.element_size() for t in deployed.state_dict().values())}
+    size = sum(t.numel() * t.element_size() for t in deployed.state_dict().values())
+    return {"epochs": state["epoch"], "bytes": size}
 
 
 def _structure(model: nn.Module) -> list:

@@ -31,7 +31,8 @@ def write_report(run_dir, report: dict, history: list) -> None:
         ("test accuracy (twin)", _percent(report["test_accuracy"]["twin"])),
         ("spike rate (spikes / neuron / step)", f"{report['spike_rate']['mean']:.4f}"),
         ("model size fp32", f"{sizes['fp32'] / 1024:.1f} KiB"),
-        ("model size deployed", f"{sizes['deployed'] / 1024:.1f} KiB ({sizes['fp32'] / sizes['deployed']:.1f}x smaller)"),
+        ("model size deployed",
+         f"{sizes['deployed'] / 1024:.1f} KiB ({sizes['fp32'] / sizes['deployed']:.1f}x smaller)"),
         ("training time", f"{report['wall_time_s']:.1f} s on {report['device']}"),
     ]
     layer_rows = [f"| {name} | {rate:.4f} |" for name, rate in report["spike_rate"]["per_layer"].items()]

@@ -253,7 +253,8 @@ class Trainer:
         bar.close()
         for _, scheduler in self.optimizers.values():
             scheduler.step()
-        totals = torch.stack([loss_sum, *[correct[n].float() for n in names], torch.tensor(float(seen), device=device)])
+        totals = torch.stack([loss_sum, *[correct[n].float() for n in names],
+                              torch.tensor(float(seen), device=device)])
         if self.world_size > 1:
             dist.all_reduce(totals)
         seen_all = totals[-1].item()

@@ -17,7 +17,7 @@ from tna.cli import eval_main, export_main, train_main
 from tna.losses import dml_loss, kd_loss, logit_mse, objective, tna_loss
 from tna.models import Precision, build_model, spiking_layers
 
-from .test_data import write_cifar_batch
+from .test_data import dvs_parent, write_cifar_batch  # noqa: F401 (dvs_parent is a fixture)
 
 TRAIN = shutil.which("tna-train") or os.path.join(os.path.dirname(sys.executable), "tna-train")
 FAST = ["--epochs", "2", "--batch-size", "64", "--no-progress"]
@@ -167,6 +167,17 @@ def test_cifar_end_to_end_on_tiny_files(tmp_path, dataset):
     report = _report(out / "baseline-fp-seed0")
     assert report["dataset"] == dataset and report["test_accuracy"]["twin"] is None
     assert len(report["spike_rate"]["per_layer"]) == 8
+
+
+def test_cifar10dvs_end_to_end_on_tiny_recordings(dvs_parent):
+    data_dir, _ = dvs_parent
+    out = data_dir / "runs"
+    args = ["--dataset", "cifar10dvs", "--data-dir", str(data_dir), "--arch", "convnet", "--timesteps", "2",
+            "--epochs", "1", "--batch-size", "30", "--twin-width", "0.5", "--out", str(out), "--no-progress"]
+    assert train_main(args) == 0
+    report = _report(out / "tna-ternary-seed0")
+    assert (report["dataset"], report["arch"], report["timesteps"]) == ("cifar10dvs", "convnet", 2)
+    assert report["test_accuracy"]["twin"] is not None and len(report["spike_rate"]["per_layer"]) == 3
 
 
 def test_several_methods_and_seeds_write_a_comparison(tmp_path):
