@@ -1,10 +1,13 @@
-// Ternary-weight linear layer for CPU on the packed 2-bit format (tna_kernels/ops/ternary/format.py).
+// Ternary-weight linear and conv2d layers for CPU on the packed 2-bit format (tna_kernels/ops/ternary/format.py).
 //
 // Two kernels, both reading the packed words directly (no float copy of the weight is kept):
 // - spikes (x in {0, 1}): x rows become bit rows, the weight rows become two bit-planes (code 1 and
 //   code -1), and y = popcount(x & plus) - popcount(x & minus) is exact integer arithmetic; the scale
 //   is applied once, in float32, as in tna_kernels/ops/ternary/reference.py. The inner loop uses
 //   AVX-512 VPOPCNTDQ where the compiler targets it, and portable 64-bit popcounts otherwise.
+//   The conv2d packs the spike image once into channel bits per pixel and gathers the bit rows of the
+//   receptive fields a few output pixels at a time (a bit im2col, 32x smaller than a float one, never
+//   built for the whole image).
 // - real-valued x (float32): blocks of the weight are decoded into a small float tile (scale
 //   included) and multiplied with register-blocked fused multiply-adds. The same routine computes
 //   the input gradient grad_x = grad_y @ W with the tile transposed.
@@ -129,10 +132,34 @@ inline void popcount_tile(const uint64_t* const* xr, const uint64_t* const* pr, 
     }
 }
 
-// One MR x NR block of y from bit rows / planes, finished in float32 as in the reference.
+// Where spike results go: y[m * ldm + n * ldn] for row m and column n, finished in float32 as in the
+// reference with scale[n] (symmetric) or scale[n] and scale[ldscale + n] (asymmetric [2, N] scale,
+// ldscale = N), then + bias[n] (bias may be null).
+template <typename Out>
+struct SpikeOutput {
+  const float* scale;
+  bool asymmetric;
+  int64_t ldscale;
+  const float* bias;
+  Out* y;
+  int64_t ldm, ldn;
+
+  void store(int64_t m, int64_t n, int64_t acc_p, int64_t acc_n) const {
+    float v;
+    if (asymmetric) {
+      v = static_cast<float>(acc_p) * scale[n] - static_cast<float>(acc_n) * scale[ldscale + n];
+    } else {
+      v = static_cast<float>(acc_p - acc_n) * scale[n];
+    }
+    if (bias != nullptr) v = v + bias[n];
+    y[m * ldm + n * ldn] = static_cast<Out>(v);
+  }
+};
+
+// One MR x NR block (rows m0.., columns n0..) from bit rows xbits [M, W64p] and planes plus / minus [N, W64p].
 template <int MR, int NR, bool SIMD, typename Out>
 void spike_block(const uint64_t* xbits, const uint64_t* plus, const uint64_t* minus, int64_t W64p, int64_t m0,
-                 int64_t n0, const float* scale, bool asymmetric, const float* bias, int64_t N, Out* y) {
+                 int64_t n0, const SpikeOutput<Out>& out) {
   const uint64_t* xr[MR];
   const uint64_t* pr[NR];
   const uint64_t* nr[NR];
@@ -144,38 +171,27 @@ void spike_block(const uint64_t* xbits, const uint64_t* plus, const uint64_t* mi
   int64_t acc_p[4][4], acc_n[4][4];
   popcount_tile<MR, NR, SIMD>(xr, pr, nr, W64p, acc_p, acc_n);
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const int64_t n = n0 + j;
-      float v;
-      if (asymmetric) {
-        v = static_cast<float>(acc_p[i][j]) * scale[n] - static_cast<float>(acc_n[i][j]) * scale[N + n];
-      } else {
-        v = static_cast<float>(acc_p[i][j] - acc_n[i][j]) * scale[n];
-      }
-      if (bias != nullptr) v = v + bias[n];
-      y[(m0 + i) * N + n] = static_cast<Out>(v);
-    }
+    for (int j = 0; j < NR; ++j) out.store(m0 + i, n0 + j, acc_p[i][j], acc_n[i][j]);
 }
 
 template <int MR, bool SIMD, typename Out>
 void spike_rows(const uint64_t* xbits, const uint64_t* plus, const uint64_t* minus, int64_t W64p, int64_t m0,
-                int64_t n0, int64_t n1, const float* scale, bool asymmetric, const float* bias, int64_t N, Out* y) {
+                int64_t n0, int64_t n1, const SpikeOutput<Out>& out) {
   int64_t n = n0;
-  for (; n + 2 <= n1; n += 2)
-    spike_block<MR, 2, SIMD>(xbits, plus, minus, W64p, m0, n, scale, asymmetric, bias, N, y);
-  if (n < n1) spike_block<MR, 1, SIMD>(xbits, plus, minus, W64p, m0, n, scale, asymmetric, bias, N, y);
+  for (; n + 2 <= n1; n += 2) spike_block<MR, 2, SIMD>(xbits, plus, minus, W64p, m0, n, out);
+  if (n < n1) spike_block<MR, 1, SIMD>(xbits, plus, minus, W64p, m0, n, out);
 }
 
 template <bool SIMD, typename Out>
 void spike_linear(const uint64_t* xbits, const uint64_t* plus, const uint64_t* minus, int64_t W64p, int64_t M,
-                  int64_t N, const float* scale, bool asymmetric, const float* bias, Out* y) {
+                  int64_t N, const SpikeOutput<Out>& out) {
   constexpr int64_t kColumns = 32;  // columns per task: their bit-planes stay in L1 / L2
   at::parallel_for(0, (N + kColumns - 1) / kColumns, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kColumns, n1 = std::min(N, n0 + kColumns);
       int64_t m = 0;
-      for (; m + 4 <= M; m += 4) spike_rows<4, SIMD>(xbits, plus, minus, W64p, m, n0, n1, scale, asymmetric, bias, N, y);
-      for (; m < M; ++m) spike_rows<1, SIMD>(xbits, plus, minus, W64p, m, n0, n1, scale, asymmetric, bias, N, y);
+      for (; m + 4 <= M; m += 4) spike_rows<4, SIMD>(xbits, plus, minus, W64p, m, n0, n1, out);
+      for (; m < M; ++m) spike_rows<1, SIMD>(xbits, plus, minus, W64p, m, n0, n1, out);
     }
   });
 }
@@ -194,12 +210,12 @@ void check_weights(const at::Tensor& packed, const at::Tensor& scale, int64_t K,
               scale.scalar_type(), " ", scale.sizes());
 }
 
-void check_bias(const std::optional<at::Tensor>& bias, int64_t N) {
+void check_bias(const std::optional<at::Tensor>& bias, int64_t N, const char* op) {
   if (!bias.has_value()) return;
   const auto& b = *bias;
   TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == at::kFloat && b.dim() == 1 && b.size(0) == N &&
                   b.is_contiguous(),
-              "ternary_linear: bias must be a contiguous float32 CPU tensor [", N, "], got ", b.scalar_type(), " ",
+              op, ": bias must be a contiguous float32 CPU tensor [", N, "], got ", b.scalar_type(), " ",
               b.sizes());
 }
 
@@ -210,7 +226,7 @@ at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, 
               "ternary_linear: x must be a contiguous 2-D CPU tensor [M, K], got ", x.sizes());
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
   check_weights(packed, scale, K, "ternary_linear");
-  check_bias(bias, N);
+  check_bias(bias, N, "ternary_linear");
   const int64_t W64p = ((K + 63) / 64 + 7) / 8 * 8;  // whole 512-bit vectors, zero padded
   std::vector<uint64_t> xbits(M * W64p), plus(N * W64p), minus(N * W64p);
   bool ok = true;
@@ -221,15 +237,271 @@ at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, 
   to_bit_planes(packed.data_ptr<int32_t>(), N, packed.size(1), plus.data(), minus.data(), W64p);
   const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
   at::Tensor y = at::empty({M, N}, x.options().dtype(out_dtype));
-  const float* sp = scale.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  const bool asym = scale.dim() == 2;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_linear_spikes_out", [&] {
-    scalar_t* yp = y.data_ptr<scalar_t>();
+    const SpikeOutput<scalar_t> out{scale.data_ptr<float>(), scale.dim() == 2, N, bp, y.data_ptr<scalar_t>(), N, 1};
     if (simd && TNA_HAVE_VPOPCNT) {
-      spike_linear<true>(xbits.data(), plus.data(), minus.data(), W64p, M, N, sp, asym, bp, yp);
+      spike_linear<true>(xbits.data(), plus.data(), minus.data(), W64p, M, N, out);
     } else {
-      spike_linear<false>(xbits.data(), plus.data(), minus.data(), W64p, M, N, sp, asym, bp, yp);
+      spike_linear<false>(xbits.data(), plus.data(), minus.data(), W64p, M, N, out);
+    }
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spike conv2d: x [B, C, H, W] in {0, 1}, weight [O, Cg, kh, kw] (Cg = C / G channels per group, G groups).
+// The receptive field of an output pixel is one bit row of Wk = ceil(T * Cg / 64) words, T = kh * kw taps:
+// tap t = i * kw + j holds its Cg channel bits at bits t * Cg .. t * Cg + Cg - 1, and the weight planes use
+// the same (tap, channel) order. Rows are short (Wk words), so the output channels, not the words, go in
+// the vector lanes: the planes are interleaved by blocks of kLanes channels, a pixel's word is broadcast,
+// and each accumulator holds kLanes channels (no horizontal sums).
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kLanes = 8;  // output channels per 512-bit vector of 64-bit counts
+
+struct ConvShape {
+  int64_t B, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
+  int64_t Cg, Og, T, Wc, Wk, Ob;  // channels per group (in, out), taps, words per pixel and group,
+                                  // words per bit row, blocks of kLanes output channels per group
+};
+
+// Channel bits per pixel bits [B, H, W, G, Wc] of x [B, C, H, W]: bit c % 64 of word c / 64 of group g is
+// channel g * Cg + c (bits past Cg are zero). Returns false if some element is neither 0 nor 1.
+template <typename T>
+bool to_pixel_bits(const T* x, const ConvShape& s, uint64_t* bits) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, s.B * s.H, 1, [&](int64_t r0, int64_t r1) {  // image rows r = b * H + h
+    // local copies: the word stores below could otherwise alias the sizes, which stops vectorization
+    const int64_t C = s.C, H = s.H, W = s.W, Cg = s.Cg, Wc = s.Wc, pixel_words = s.G * s.Wc;
+    std::vector<uint64_t> words(std::min(r1 - r0, H) * W);  // one word of each pixel of a run of rows
+    uint64_t* word = words.data();
+    uint64_t bad = 0;
+    for (int64_t r = r0, next; r < r1; r = next) {  // rows r .. next - 1 of image b: contiguous in x
+      const int64_t b = r / H;
+      next = std::min(r1, (b + 1) * H);
+      const int64_t pixels = (next - r) * W;
+      for (int64_t q = 0; q < pixel_words; ++q) {  // q = g * Wc + word index
+        const int64_t c0 = q / Wc * Cg + q % Wc * 64, c1 = std::min(q / Wc * Cg + Cg, c0 + 64);
+        std::fill(word, word + pixels, 0);
+        for (int64_t c = c0; c < c1; ++c) {
+          const T* src = x + (b * C + c) * H * W + (r - b * H) * W;
+          const uint64_t shift = c - c0;
+          for (int64_t p = 0; p < pixels; ++p) {  // written so that it vectorizes
+            const float v = static_cast<float>(src[p]);
+            const uint64_t one = v == 1.0f;
+            bad |= static_cast<uint64_t>(v != 0.0f) & (one ^ 1);
+            word[p] |= one << shift;
+          }
+        }
+        for (int64_t p = 0; p < pixels; ++p) bits[(r * W + p) * pixel_words + q] = word[p];
+      }
+    }
+    if (bad != 0) ok = false;
+  });
+  return ok;
+}
+
+// Interleaved bit-planes plus / minus [G, Ob, Wk, kLanes] from packed conv rows [O, W16] (codes in (channel,
+// tap) order, k = c * T + t): output channel o = g * Og + b * kLanes + l is lane l of block b of group g, and
+// bit t * Cg + c of its words is set in plus where code k is 1, in minus where it is -1. The planes must be
+// zero on entry: the lanes past Og are not written.
+void to_conv_bit_planes(const int32_t* packed, int64_t W16, const ConvShape& s, uint64_t* plus, uint64_t* minus) {
+  at::parallel_for(0, s.O, 16, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const uint32_t* row = reinterpret_cast<const uint32_t*>(packed + o * W16);
+      const int64_t g = o / s.Og, n = o % s.Og;
+      const int64_t first = ((g * s.Ob + n / kLanes) * s.Wk) * kLanes + n % kLanes;  // word w at first + w * kLanes
+      int64_t t = 0, c = 0;  // tap and channel of bit t * Cg + c
+      for (int64_t w = 0; w < s.Wk; ++w) {
+        uint64_t p = 0, m = 0;
+        for (int64_t j = 0; j < 64 && t < s.T; ++j) {
+          const int64_t k = c * s.T + t;
+          const uint32_t code = (row[k / kCodesPerWord] >> (2 * (k % kCodesPerWord))) & 3u;
+          p |= static_cast<uint64_t>(code == 2u) << j;
+          m |= static_cast<uint64_t>(code == 0u) << j;
+          if (++c == s.Cg) {
+            c = 0;
+            ++t;
+          }
+        }
+        plus[first + w * kLanes] = p;
+        minus[first + w * kLanes] = m;
+      }
+    }
+  });
+}
+
+// The bit rows `rows` [l1 - l0, Wk] of the receptive fields of output pixels l0 .. l1 - 1 (l = oh * Wo + ow) of
+// image b in group g, gathered from the pixel bits [B, H, W, G, Wc]; taps outside the image stay zero.
+void gather_rows(const uint64_t* bits, const ConvShape& s, int64_t b, int64_t g, int64_t l0, int64_t l1,
+                 uint64_t* rows) {
+  std::fill(rows, rows + (l1 - l0) * s.Wk, 0);
+  for (int64_t l = l0; l < l1; ++l) {
+    uint64_t* row = rows + (l - l0) * s.Wk;
+    const int64_t oh = l / s.Wo, ow = l % s.Wo;
+    for (int64_t i = 0; i < s.kh; ++i) {
+      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      for (int64_t j = 0; j < s.kw; ++j) {
+        const int64_t iw = ow * s.sw - s.pw + j * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        const uint64_t* src = bits + (((b * s.H + ih) * s.W + iw) * s.G + g) * s.Wc;
+        for (int64_t w = 0; w < s.Wc; ++w) {
+          const uint64_t v = src[w];
+          const int64_t bit = (i * s.kw + j) * s.Cg + 64 * w, shift = bit % 64;
+          row[bit / 64] |= v << shift;
+          // bits carried into the next word are channel bits, so that word is inside the row
+          if (shift != 0 && (v >> (64 - shift)) != 0) row[bit / 64 + 1] |= v >> (64 - shift);
+        }
+      }
+    }
+  }
+}
+
+// acc_p[i][j * kLanes + l] = sum_w popcount(rows[i * Wk + w] & plus[(j * Wk + w) * kLanes + l]), acc_n likewise
+// with minus: MR bit rows against NR interleaved blocks of kLanes output channels.
+template <int MR, int NR, bool SIMD>
+inline void popcount_lanes(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus, int64_t Wk,
+                           int64_t (&acc_p)[4][2 * kLanes], int64_t (&acc_n)[4][2 * kLanes]) {
+#if TNA_HAVE_VPOPCNT
+  if constexpr (SIMD) {
+    __m512i vp[MR][NR], vn[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) vp[i][j] = vn[i][j] = _mm512_setzero_si512();
+    for (int64_t w = 0; w < Wk; ++w) {
+      __m512i pv[NR], mv[NR];
+      for (int j = 0; j < NR; ++j) {
+        pv[j] = _mm512_loadu_si512(plus + (j * Wk + w) * kLanes);
+        mv[j] = _mm512_loadu_si512(minus + (j * Wk + w) * kLanes);
+      }
+      for (int i = 0; i < MR; ++i) {
+        const __m512i xv = _mm512_set1_epi64(static_cast<long long>(rows[i * Wk + w]));
+        for (int j = 0; j < NR; ++j) {
+          vp[i][j] = _mm512_add_epi64(vp[i][j], _mm512_popcnt_epi64(_mm512_and_si512(xv, pv[j])));
+          vn[i][j] = _mm512_add_epi64(vn[i][j], _mm512_popcnt_epi64(_mm512_and_si512(xv, mv[j])));
+        }
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) {
+        _mm512_storeu_si512(acc_p[i] + j * kLanes, vp[i][j]);
+        _mm512_storeu_si512(acc_n[i] + j * kLanes, vn[i][j]);
+      }
+    return;
+  }
+#endif
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      int64_t* p = acc_p[i] + j * kLanes;
+      int64_t* n = acc_n[i] + j * kLanes;
+      std::fill(p, p + kLanes, 0);
+      std::fill(n, n + kLanes, 0);
+      for (int64_t w = 0; w < Wk; ++w) {
+        const uint64_t x = rows[i * Wk + w];
+        const uint64_t* pw = plus + (j * Wk + w) * kLanes;
+        const uint64_t* mw = minus + (j * Wk + w) * kLanes;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          p[l] += __builtin_popcountll(x & pw[l]);
+          n[l] += __builtin_popcountll(x & mw[l]);
+        }
+      }
+    }
+}
+
+// Rows m0 .. m0 + MR - 1 of `rows` against the output channels of blocks b0 .. b0 + NR - 1 of one group
+// (plus / minus [Ob, Wk, kLanes]); channels past Og are not stored.
+template <int MR, int NR, bool SIMD, typename Out>
+void conv_block(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus, const ConvShape& s, int64_t m0,
+                int64_t b0, const SpikeOutput<Out>& out) {
+  int64_t acc_p[4][2 * kLanes], acc_n[4][2 * kLanes];
+  const int64_t offset = b0 * s.Wk * kLanes;
+  popcount_lanes<MR, NR, SIMD>(rows + m0 * s.Wk, plus + offset, minus + offset, s.Wk, acc_p, acc_n);
+  const int64_t lanes = std::min(NR * kLanes, s.Og - b0 * kLanes);
+  for (int64_t l = 0; l < lanes; ++l)
+    for (int i = 0; i < MR; ++i) out.store(m0 + i, b0 * kLanes + l, acc_p[i][l], acc_n[i][l]);
+}
+
+template <int MR, bool SIMD, typename Out>
+void conv_rows(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus, const ConvShape& s, int64_t m0,
+               const SpikeOutput<Out>& out) {
+  int64_t b = 0;
+  for (; b + 2 <= s.Ob; b += 2) conv_block<MR, 2, SIMD>(rows, plus, minus, s, m0, b, out);
+  if (b < s.Ob) conv_block<MR, 1, SIMD>(rows, plus, minus, s, m0, b, out);
+}
+
+constexpr int64_t kConvPixels = 64;  // most output pixels per task: their bit rows stay in L1
+
+template <bool SIMD, typename Out>
+void spike_conv(const uint64_t* bits, const uint64_t* plus, const uint64_t* minus, const ConvShape& s,
+                const float* scale, bool asymmetric, const float* bias, Out* y) {
+  const int64_t L = s.Ho * s.Wo;
+  // fewer pixels per task where kConvPixels would leave threads idle (one small image)
+  const int64_t pixels = std::clamp<int64_t>(s.B * s.G * L / (4 * at::get_num_threads()), 4, kConvPixels);
+  const int64_t blocks = (L + pixels - 1) / pixels;
+  at::parallel_for(0, s.B * s.G * blocks, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<uint64_t> rows(pixels * s.Wk);
+    for (int64_t q = q0; q < q1; ++q) {  // q = (b * G + g) * blocks + block
+      const int64_t b = q / (s.G * blocks), g = q / blocks % s.G;
+      const int64_t l0 = q % blocks * pixels, l1 = std::min(L, l0 + pixels);
+      gather_rows(bits, s, b, g, l0, l1, rows.data());
+      const int64_t n0 = g * s.Og;  // y [B, O, Ho, Wo]: row l - l0 of the block, column n of the group
+      const SpikeOutput<Out> out{scale + n0, asymmetric, s.O, bias != nullptr ? bias + n0 : nullptr,
+                                 y + (b * s.O + n0) * L + l0, 1, L};
+      const uint64_t* p = plus + g * s.Ob * s.Wk * kLanes;
+      const uint64_t* m = minus + g * s.Ob * s.Wk * kLanes;
+      int64_t r = 0;
+      for (; r + 4 <= l1 - l0; r += 4) conv_rows<4, SIMD>(rows.data(), p, m, s, r, out);
+      for (; r < l1 - l0; ++r) conv_rows<1, SIMD>(rows.data(), p, m, s, r, out);
+    }
+  });
+}
+
+// y [B, O, Ho, Wo] = conv2d of spikes x [B, C, H, W] with the packed ternary weight [O, C / groups, kh, kw]
+// (packed [O, ceil(C / groups * kh * kw / 16)], scale [O] or [2, O], bias [O]); exact, and finished in
+// float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32.
+at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups, at::IntArrayRef kernel_size, bool simd) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
+              "ternary_conv2d: x must be a contiguous 4-D CPU tensor [B, C, H, W], got ", x.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && kernel_size.size() == 2,
+              "ternary_conv2d: stride, padding, dilation and kernel_size must be pairs");
+  TORCH_CHECK(std::min(stride[0], stride[1]) >= 1 && std::min(padding[0], padding[1]) >= 0 &&
+                  std::min(dilation[0], dilation[1]) >= 1 && std::min(kernel_size[0], kernel_size[1]) >= 1,
+              "ternary_conv2d: need stride, dilation, kernel_size >= 1 and padding >= 0");
+  ConvShape s{};
+  s.B = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3), s.G = groups;
+  s.kh = kernel_size[0], s.kw = kernel_size[1], s.sh = stride[0], s.sw = stride[1];
+  s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
+  TORCH_CHECK(groups >= 1 && s.C % groups == 0, "ternary_conv2d: groups = ", groups, " must divide C = ", s.C);
+  s.Cg = s.C / groups, s.T = s.kh * s.kw;
+  check_weights(packed, scale, s.Cg * s.T, "ternary_conv2d");
+  s.O = packed.size(0);
+  TORCH_CHECK(s.O % groups == 0, "ternary_conv2d: groups = ", groups, " must divide O = ", s.O);
+  check_bias(bias, s.O, "ternary_conv2d");
+  TORCH_CHECK(s.H + 2 * s.ph >= s.dh * (s.kh - 1) + 1 && s.W + 2 * s.pw >= s.dw * (s.kw - 1) + 1,
+              "ternary_conv2d: the input ", x.sizes(), " is smaller than the dilated kernel");
+  s.Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+  s.Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+  s.Og = s.O / groups, s.Wc = (s.Cg + 63) / 64, s.Wk = (s.T * s.Cg + 63) / 64, s.Ob = (s.Og + kLanes - 1) / kLanes;
+  std::vector<uint64_t> bits(s.B * s.H * s.W * s.G * s.Wc);
+  std::vector<uint64_t> plus(s.G * s.Ob * s.Wk * kLanes), minus(s.G * s.Ob * s.Wk * kLanes);  // zeros
+  bool ok = true;
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_conv2d_spikes", [&] {
+    ok = to_pixel_bits(x.data_ptr<scalar_t>(), s, bits.data());
+  });
+  TORCH_CHECK(ok, "ternary_conv2d: spike input must hold only 0 and 1; found other values");
+  to_conv_bit_planes(packed.data_ptr<int32_t>(), packed.size(1), s, plus.data(), minus.data());
+  const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
+  at::Tensor y = at::empty({s.B, s.O, s.Ho, s.Wo}, x.options().dtype(out_dtype));
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_conv2d_spikes_out", [&] {
+    if (simd && TNA_HAVE_VPOPCNT) {
+      spike_conv<true>(bits.data(), plus.data(), minus.data(), s, scale.data_ptr<float>(), scale.dim() == 2, bp,
+                       y.data_ptr<scalar_t>());
+    } else {
+      spike_conv<false>(bits.data(), plus.data(), minus.data(), s, scale.data_ptr<float>(), scale.dim() == 2, bp,
+                        y.data_ptr<scalar_t>());
     }
   });
   return y;
@@ -312,7 +584,7 @@ at::Tensor ternary_linear_dense(const at::Tensor& x, const at::Tensor& packed, c
               x.sizes());
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
   check_weights(packed, scale, K, "ternary_linear");
-  check_bias(bias, N);
+  check_bias(bias, N, "ternary_linear");
   at::Tensor y = at::empty({M, N}, x.options());
   dense_gemm(x.data_ptr<float>(), M, K, packed.data_ptr<int32_t>(), packed.size(1), scale.data_ptr<float>(),
              scale.dim() == 2, N, /*transposed=*/true, N, bias.has_value() ? bias->data_ptr<float>() : nullptr,
@@ -341,12 +613,16 @@ at::Tensor ternary_linear_grad_input(const at::Tensor& grad_y, const at::Tensor&
 
 TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
   m.def("ternary_linear_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, bool simd) -> Tensor");
+  m.def(
+      "ternary_conv2d_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, int[] stride, int[] padding, "
+      "int[] dilation, int groups, int[] kernel_size, bool simd) -> Tensor");
   m.def("ternary_linear_dense(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor");
   m.def("ternary_linear_grad_input(Tensor grad_y, Tensor packed, Tensor scale, int k) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {
   m.impl("ternary_linear_spikes", &ternary_linear_spikes);
+  m.impl("ternary_conv2d_spikes", &ternary_conv2d_spikes);
   m.impl("ternary_linear_dense", &ternary_linear_dense);
   m.impl("ternary_linear_grad_input", &ternary_linear_grad_input);
 }

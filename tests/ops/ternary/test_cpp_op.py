@@ -3,7 +3,7 @@ spikes, a dtype tolerance on real input; every gradient; opcheck; compile; error
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tna_kernels
@@ -103,6 +103,74 @@ def test_spike_conv_is_exact_with_input_gradient(case, asymmetric):
     torch.testing.assert_close(x.grad, x64.grad.float(), rtol=1e-5, atol=1e-5)
 
 
+SPIKE_CONV_CASES = [  # (batch, channels, out, height, width, kernel, stride, padding, dilation, groups)
+    (1, 3, 5, 7, 9, (3, 3), 1, 1, 1, 1),
+    (2, 70, 24, 9, 8, (3, 3), 2, 0, 1, 1),
+    (2, 130, 10, 5, 7, (3, 3), 1, 2, 2, 2),
+    (1, 64, 17, 9, 9, (1, 1), 1, 0, 1, 1),
+    (3, 6, 4, 5, 7, (3, 2), (2, 1), (0, 1), (1, 2), 2),
+]
+
+
+def _spike_conv_case(case, dtype, asymmetric, seed):
+    """(x, packed, scale, bias, geometry) of a ``SPIKE_CONV_CASES`` entry, geometry in the op's list form."""
+    batch, channels, out, height, width, kernel, stride, padding, dilation, groups = case
+    _, packed, scale, bias = _weights(out, channels // groups, asymmetric, seed=seed, kernel=kernel)
+    x = _spikes((batch, channels, height, width), dtype, seed=seed + 1)
+    stride, padding, dilation = ([v, v] if isinstance(v, int) else list(v) for v in (stride, padding, dilation))
+    return x, packed, scale, bias, [stride, padding, dilation, groups, list(kernel)]
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("case", SPIKE_CONV_CASES)
+def test_spike_conv_kernel_is_exact(simd, dtype, asymmetric, case):
+    assert cpp_extension_available()
+    x, packed, scale, bias, geometry = _spike_conv_case(case, dtype, asymmetric, seed=sum(case[:5]))
+    for b in (None, bias):
+        got = torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, b, *geometry, simd)
+        want = ternary_conv2d_reference(x, packed, scale, b, *geometry[:4], kernel_size=geometry[4], spikes=True)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.bool, torch.int8])
+def test_spike_conv_dtypes_through_public_function(dtype):
+    x, packed, scale, bias, (stride, padding, dilation, groups, kernel) = _spike_conv_case(
+        SPIKE_CONV_CASES[2], dtype, True, seed=3)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, kernel_size=kernel)
+    got = ternary_conv2d(x, packed, scale, bias, spikes=True, backend="cpp", **geometry)
+    want = ternary_conv2d_reference(x, packed, scale, bias, spikes=True, **geometry)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 3), in_per_group=st.integers(1, 140), out_per_group=st.integers(1, 20),
+       groups=st.integers(1, 3), height=st.integers(1, 12), width=st.integers(1, 12), kernel=st.integers(1, 4),
+       stride=st.integers(1, 3), padding=st.integers(0, 2), dilation=st.integers(1, 2), asymmetric=st.booleans(),
+       simd=st.booleans(), seed=st.integers(0, 2**16))
+def test_property_spike_conv_exact(batch, in_per_group, out_per_group, groups, height, width, kernel, stride,
+                                   padding, dilation, asymmetric, simd, seed):
+    span = dilation * (kernel - 1) + 1
+    assume(height + 2 * padding >= span and width + 2 * padding >= span)
+    _, packed, scale, bias = _weights(out_per_group * groups, in_per_group, asymmetric, seed, kernel=(kernel, kernel))
+    x = _spikes((batch, in_per_group * groups, height, width), torch.float32, seed + 1)
+    geometry = [[stride] * 2, [padding] * 2, [dilation] * 2, groups, [kernel] * 2]
+    assert torch.equal(torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, bias, *geometry, simd),
+                       ternary_conv2d_reference(x, packed, scale, bias, *geometry[:4], kernel_size=geometry[4],
+                                                spikes=True))
+
+
+@pytest.mark.parametrize("dtype,bad", [(torch.float32, 0.5), (torch.float32, float("nan")), (torch.uint8, 2)])
+def test_spike_conv_refuses_values_other_than_0_and_1(dtype, bad):
+    x, packed, scale, _, (stride, padding, dilation, groups, kernel) = _spike_conv_case(
+        SPIKE_CONV_CASES[1], dtype, False, seed=4)
+    x[1, 69, 8, 7] = bad
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        ternary_conv2d(x, packed, scale, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                       kernel_size=kernel, spikes=True, backend="cpp")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_real_conv_and_weight_gradient(dtype):
     codes, packed, scale, bias = _weights(4, 3, False, seed=11, kernel=(3, 3))
@@ -142,6 +210,9 @@ def test_opcheck(backend):
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
     torch.library.opcheck(ternary_conv2d_op, (x, packed, scale, bias, None, [1, 1], [1, 1], [1, 1], 1, [3, 3], False,
                                               backend))
+    spikes = _spikes((1, 2, 5, 5), torch.float32, 5).requires_grad_()
+    geometry = ([1, 1], [1, 1], [1, 1], 1, [3, 3])
+    torch.library.opcheck(ternary_conv2d_op, (spikes, packed, scale, bias, None, *geometry, True, backend))
 
 
 def test_compile_frozen_model_fullgraph():

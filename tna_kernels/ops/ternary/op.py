@@ -35,19 +35,24 @@ _SPIKE_INT_DTYPES = (torch.bool, torch.uint8, torch.int8)
 # ---------------------------------------------------------------------------------------------
 # Per-backend linear kernels on 2-D operands
 # ---------------------------------------------------------------------------------------------
+def _cpp_spikes(kernel, *args) -> Tensor:
+    """Run a ``tna_cpp`` spike kernel, raising the reference's ValueError where x holds values other than 0/1."""
+    try:
+        return kernel(*args)
+    except RuntimeError as error:
+        if "only 0 and 1" in str(error):
+            raise ValueError("spike input must hold only 0 and 1 (spikes=True, or an integer x); found "
+                             "other values") from None
+        raise
+
+
 def _linear_forward(backend: str, x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], spikes: bool):
     """y ``[M, N]`` from x ``[M, K]`` (contiguous)."""
     if backend == "torch":
         return ternary_linear_reference(x, packed, scale, bias, spikes)
     if backend == "cpp":
         if is_spike_input(x, spikes):
-            try:
-                return torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, bias, True)
-            except RuntimeError as error:
-                if "only 0 and 1" in str(error):
-                    raise ValueError("spike input must hold only 0 and 1 (spikes=True, or an integer x); found "
-                                     "other values") from None
-                raise
+            return _cpp_spikes(torch.ops.tna_cpp.ternary_linear_spikes, x, packed, scale, bias, True)
         return torch.ops.tna_cpp.ternary_linear_dense(x.float(), packed, scale, bias).to(x.dtype)
     from . import triton as triton_kernels
 
@@ -134,20 +139,18 @@ def _conv_geometry(x_shape, kernel_size, stride, padding, dilation):
     return h_out, w_out
 
 
-def _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes):
-    """conv2d as the backend's linear kernel on the unfolded input (CPU backends)."""
+def _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size):
+    """conv2d of real-valued x ``[B, C, H, W]`` as the backend's linear kernel on the unfolded input."""
     batch = x.shape[0]
     h_out, w_out = _conv_geometry(x.shape, kernel_size, stride, padding, dilation)
-    source = x if x.is_floating_point() else x.to(torch.float32)  # unfold needs floats; 0/1 stay exact
-    cols = F.unfold(source, kernel_size, dilation=dilation, padding=padding, stride=stride)  # [B, C*kh*kw, L]
+    cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # [B, C*kh*kw, L]
     k = cols.shape[1] // groups
     outputs = []
     for g, (p_g, s_g, b_g) in enumerate(_group_slices(packed, scale, bias, groups)):
         x_g = cols[:, g * k:(g + 1) * k].transpose(1, 2).reshape(-1, k).contiguous()
-        outputs.append(_linear_forward(backend, x_g, p_g, s_g, b_g, spikes or not x.is_floating_point()))
+        outputs.append(_linear_forward(backend, x_g, p_g, s_g, b_g, False))
     y = torch.cat(outputs, dim=1) if groups > 1 else outputs[0]
-    y = y.view(batch, h_out * w_out, -1).transpose(1, 2).reshape(batch, -1, h_out, w_out)
-    return y.to(output_dtype(x)).contiguous()
+    return y.view(batch, h_out * w_out, -1).transpose(1, 2).reshape(batch, -1, h_out, w_out).contiguous()
 
 
 @torch.library.custom_op("tna::ternary_conv2d", mutates_args=())
@@ -159,7 +162,10 @@ def ternary_conv2d_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[T
     if backend == "torch":
         return ternary_conv2d_reference(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes)
     if backend == "cpp":
-        return _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes)
+        if is_spike_input(x, spikes):  # direct kernel on bit-packed pixels, no float im2col
+            return _cpp_spikes(torch.ops.tna_cpp.ternary_conv2d_spikes, x, packed.contiguous(), scale.contiguous(),
+                               bias, stride, padding, dilation, groups, kernel_size, True)
+        return _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size)
     from . import triton as triton_kernels
 
     if is_spike_input(x, spikes):
