@@ -10,6 +10,7 @@ from .config import AMP_MODES, OPTIMIZERS, TWIN_WEIGHTS, ConfigError, TrainConfi
 from .data import DATASETS, DataError
 from .losses import METHODS, MSE_REDUCTIONS
 from .models import ARCHS, WEIGHTS
+from .sparsity import LAYER_WEIGHTS, SCHEDULES
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -51,6 +52,16 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (cosine schedule)")
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--sparsity-weight", type=_list(float),
+                   help="beta: weight of the spike-rate penalty (final value of the schedule; default 0 = off); "
+                        "a comma list trains one run per value and draws accuracy against spike rate")
+    p.add_argument("--sparsity-schedule", choices=SCHEDULES, help="constant (default), linear or anneal")
+    p.add_argument("--sparsity-start", type=float, help="beta0, the schedule's first value (linear, anneal)")
+    p.add_argument("--sparsity-delay", type=int, help="epochs without the penalty before the schedule starts")
+    p.add_argument("--sparsity-layer-weights", choices=LAYER_WEIGHTS, help="uniform (default), neurons or fanout")
+    p.add_argument("--sparsity-twin", action="store_true", help="tna / dml: penalize the twin's spikes too")
+    p.add_argument("--ac-pj", type=float, help="energy per accumulate in pJ (default 0.9, 45 nm)")
+    p.add_argument("--mac-pj", type=float, help="energy per multiply-accumulate in pJ (default 4.6, 45 nm)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default none)")
     p.add_argument("--seeds", type=_list(int), help="comma list of seeds (default 0)")
@@ -80,13 +91,17 @@ def plan_runs(args: dict) -> tuple:
     methods = _as_list(settings.pop("method", "tna"))
     weights = _as_list(settings.pop("weights", "ternary"))
     seeds = [int(s) for s in _as_list(settings.pop("seeds", [0]))]
+    betas = [float(b) for b in _as_list(settings.pop("sparsity_weight", [0.0]))]
     out = Path(settings.pop("out", f"runs/{settings.get('dataset', 'digits')}"))
     runs = []
     for method in methods:
         for weight in weights:
-            for seed in seeds:
-                config = TrainConfig.from_dict({**settings, "method": method, "weights": weight, "seed": seed})
-                runs.append((out / f"{method}-{weight}-seed{seed}", config.resolved()))
+            for beta in betas:
+                for seed in seeds:
+                    config = TrainConfig.from_dict({**settings, "method": method, "weights": weight, "seed": seed,
+                                                    "sparsity_weight": beta})
+                    name = f"{method}-{weight}" + (f"-beta{beta:g}" if len(betas) > 1 else "") + f"-seed{seed}"
+                    runs.append((out / name, config.resolved()))
     return out, runs
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 
 from .losses import METHODS, MSE_REDUCTIONS
 from .models import ARCHS, WEIGHTS
+from .sparsity import LAYER_WEIGHTS, SCHEDULES
 
 OPTIMIZERS = ("adam", "sgd")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -57,6 +58,14 @@ class TrainConfig:
     lr: Optional[float] = None
     optimizer: Optional[str] = None
     weight_decay: Optional[float] = None
+    sparsity_weight: float = 0.0
+    sparsity_schedule: str = "constant"
+    sparsity_start: float = 0.0
+    sparsity_delay: int = 0
+    sparsity_layer_weights: str = "uniform"
+    sparsity_twin: bool = False
+    ac_pj: float = 0.9
+    mac_pj: float = 4.6
     augment: bool = True
     amp: str = "none"
     seed: int = 0
@@ -74,7 +83,8 @@ class TrainConfig:
     def validate(self) -> None:
         choices = {"arch": ARCHS, "method": METHODS, "weights": WEIGHTS, "twin_weights": TWIN_WEIGHTS,
                    "mse_reduction": MSE_REDUCTIONS, "optimizer": OPTIMIZERS, "amp": AMP_MODES,
-                   "quantizer": ("twn", "ttq", "absmean")}
+                   "quantizer": ("twn", "ttq", "absmean"), "sparsity_schedule": SCHEDULES,
+                   "sparsity_layer_weights": LAYER_WEIGHTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -85,6 +95,12 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if self.tna_lambda < 0 or self.weight_decay < 0 or not 0 <= self.kd_alpha <= 1:
             raise ConfigError("--tna-lambda and --weight-decay must be >= 0 and --kd-alpha in [0, 1]")
+        if min(self.sparsity_weight, self.sparsity_start, self.sparsity_delay, self.ac_pj, self.mac_pj) < 0:
+            raise ConfigError("--sparsity-weight, --sparsity-start, --sparsity-delay, --ac-pj and --mac-pj "
+                              "must be >= 0")
+        if self.sparsity_schedule == "anneal" and self.sparsity_weight > 0 and not self.sparsity_start > 0:
+            raise ConfigError("--sparsity-schedule anneal grows geometrically from --sparsity-start to "
+                              "--sparsity-weight; give --sparsity-start > 0")
         if self.method == "kd" and not self.teacher:
             raise ConfigError("--method kd needs --teacher CHECKPOINT (a model written by tna-export, or a run "
                               "directory of an earlier tna-train run)")

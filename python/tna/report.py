@@ -30,6 +30,11 @@ def write_report(run_dir, report: dict, history: list) -> None:
         ("test accuracy (base)", _percent(report["test_accuracy"]["base"])),
         ("test accuracy (twin)", _percent(report["test_accuracy"]["twin"])),
         ("spike rate (spikes / neuron / step)", f"{report['spike_rate']['mean']:.4f}"),
+        ("spikes per sample", f"{report['spikes_per_sample']:.0f}"),
+        ("synaptic operations per sample",
+         f"{report['synops_per_sample']:.3g} AC + {report['macs_per_sample']:.3g} MAC"),
+        ("energy per sample", f"{report['energy_uj_per_sample']:.4g} uJ (same network as ANN: "
+                              f"{report['ann_macs_per_sample']:.3g} MAC, {report['ann_energy_uj_per_sample']:.4g} uJ)"),
         ("model size fp32", f"{sizes['fp32'] / 1024:.1f} KiB"),
         ("model size deployed",
          f"{sizes['deployed'] / 1024:.1f} KiB ({sizes['fp32'] / sizes['deployed']:.1f}x smaller)"),
@@ -72,7 +77,8 @@ def write_report(run_dir, report: dict, history: list) -> None:
 
 
 def _label(report: dict) -> str:
-    return f"{report['method']} ({report['weights']})"
+    beta = report.get("sparsity", {}).get("weight", 0.0)
+    return f"{report['method']} ({report['weights']}" + (f", beta {beta:g})" if beta else ")")
 
 
 def write_comparison(out_dir, reports: list) -> dict:
@@ -92,9 +98,12 @@ def write_comparison(out_dir, reports: list) -> dict:
             "base_mean": statistics.fmean(base), "base_std": statistics.stdev(base) if len(base) > 1 else 0.0,
             "twin_mean": statistics.fmean(twins) if twins else None,
             "spike_rate_mean": statistics.fmean(r["spike_rate"]["mean"] for r in members),
+            "sparsity_weight": members[0].get("sparsity", {}).get("weight", 0.0),
             "deployed_bytes": members[0]["model_bytes"]["deployed"],
         }
     (out_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if len({r.get("sparsity", {}).get("weight", 0.0) for r in reports}) > 1:
+        _pareto(out_dir, reports)
     lines = ["| method | weights | seeds | base test accuracy (mean ± std) | twin test accuracy (mean) "
              "| spike rate | deployed size |", "|---|---|---|---|---|---|---|"]
     for row in summary.values():
@@ -119,3 +128,28 @@ def write_comparison(out_dir, reports: list) -> dict:
     fig.savefig(out_dir / "comparison.png", dpi=100)
     plt.close(fig)
     return summary
+
+
+def _pareto(out_dir, reports: list) -> None:
+    """``pareto.json`` (one point per run: beta, spike rate, base test accuracy, energy) and ``pareto.png``
+    (accuracy against spike rate, one series per method and weight precision, labelled with beta)."""
+    points = [{"method": r["method"], "weights": r["weights"], "seed": r["seed"], "beta": r["sparsity"]["weight"],
+               "spike_rate": r["spike_rate"]["mean"], "accuracy": r["test_accuracy"]["base"],
+               "energy_uj_per_sample": r["energy_uj_per_sample"]} for r in reports]
+    (Path(out_dir) / "pareto.json").write_text(json.dumps(points, indent=2) + "\n")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for series in sorted({(p["method"], p["weights"]) for p in points}):
+        members = sorted((p for p in points if (p["method"], p["weights"]) == series), key=lambda p: p["spike_rate"])
+        ax.plot([p["spike_rate"] for p in members], [100 * p["accuracy"] for p in members], "o-",
+                label=f"{series[0]} ({series[1]})")
+        for p in members:
+            ax.annotate(f"{p['beta']:g}", (p["spike_rate"], 100 * p["accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("spikes / neuron / timestep (test set)")
+    ax.set_ylabel("base test accuracy (%)")
+    ax.set_title("accuracy against spike rate; labels: sparsity weight beta")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / "pareto.png", dpi=100)
+    plt.close(fig)

@@ -25,6 +25,7 @@ from .config import TrainConfig
 from .data import DataSplits, batches, load_dataset, num_batches
 from .losses import accuracy_count, objective, uses_twin
 from .models import Precision, SpikingNetwork, build_model, spiking_layers
+from .sparsity import beta_at, layer_weights, measure_activity, penalty
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,6 +146,16 @@ class Trainer:
                             for name, model in self.networks.items()}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.history = []
+        penalized = {"base": self.base}
+        if config.sparsity_twin and self.twin is not None:
+            penalized["twin"] = self.twin
+        self.sparsity_weights = {}
+        if config.sparsity_weight > 0:
+            sample = next(batches(self.data, False, 8, seed=0, epoch=0, device=self.device))[0]
+            for name, model in penalized.items():
+                activity = measure_activity(model.eval(), sample, config.timesteps)
+                neurons = {n: layer.neurons for n, layer in spiking_layers(model).items()}
+                self.sparsity_weights[name] = layer_weights(config.sparsity_layer_weights, neurons, activity.fanout)
 
     def _autocast(self):
         if self.config.amp == "none":
@@ -213,6 +224,8 @@ class Trainer:
             model.train()
         names = list(self.networks)
         layers = spiking_layers(self.base)
+        beta = beta_at(epoch, config.epochs, config.sparsity_schedule, config.sparsity_start,
+                       config.sparsity_weight, config.sparsity_delay) if self.sparsity_weights else 0.0
         loss_sum = torch.zeros((), device=device)
         correct = {name: torch.zeros((), dtype=torch.int64, device=device) for name in names}
         rate_sums = {name: torch.zeros((), device=device) for name in layers}
@@ -221,7 +234,8 @@ class Trainer:
         total = num_batches(self.data, True, config.batch_size, world_size=self.world_size)
         bar = tqdm(batches(self.data, True, config.batch_size, seed=config.seed, epoch=epoch, device=device,
                            augment=config.augment, rank=self.rank, world_size=self.world_size),
-                   total=total, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.progress, leave=False, mininterval=0.5)
+                   total=total, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.progress, leave=False,
+                   mininterval=0.5)
         for x, y in bar:
             with self._autocast():
                 logits = {name: self.trained[name](x) for name in names}
@@ -232,6 +246,9 @@ class Trainer:
                 loss = objective(config.method, logits["base"], partner, y, tna_lambda=config.tna_lambda,
                                  mse_reduction=config.mse_reduction, kd_temperature=config.kd_temperature,
                                  kd_alpha=config.kd_alpha)
+                if beta > 0:
+                    loss = loss + beta * sum(penalty(self.networks[name], weights)
+                                             for name, weights in self.sparsity_weights.items())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step "
                                          f"{steps + 1}; lower --lr or use --amp none")
@@ -264,6 +281,7 @@ class Trainer:
         record = {
             "epoch": epoch + 1,
             "lr": self.optimizers["base"][0].param_groups[0]["lr"],
+            "sparsity_beta": beta,
             "train_loss": totals[0].item() / seen_all,
             "train_accuracy": {"base": train_acc["base"], "twin": train_acc.get("twin")},
             "test_accuracy": {"base": tests["base"]["accuracy"],
@@ -281,6 +299,8 @@ class Trainer:
 
     def _report(self) -> dict:
         config, last = self.config, self.history[-1]
+        test_x = next(batches(self.data, False, 256, seed=0, epoch=0, device=self.device))[0]
+        activity = measure_activity(self.base.eval(), test_x, config.timesteps)
         return {
             "method": config.method,
             "dataset": config.dataset,
@@ -293,6 +313,14 @@ class Trainer:
             "test_accuracy": last["test_accuracy"],
             "spike_rate": last["spike_rate"],
             "model_bytes": model_bytes(self.base),
+            "spikes_per_sample": activity.spikes_per_sample,
+            "synops_per_sample": activity.synops,
+            "macs_per_sample": activity.macs,
+            "energy_uj_per_sample": activity.energy_uj(config.ac_pj, config.mac_pj),
+            "ann_macs_per_sample": activity.dense_macs,
+            "ann_energy_uj_per_sample": activity.dense_energy_uj(config.mac_pj),
+            "sparsity": {"weight": config.sparsity_weight, "schedule": config.sparsity_schedule,
+                         "layer_weights": self.sparsity_weights.get("base")},
             "wall_time_s": sum(r["epoch_time_s"] for r in self.history),
             "device": str(self.device),
             "world_size": self.world_size,
