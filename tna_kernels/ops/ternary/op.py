@@ -196,7 +196,14 @@ def _conv_backward(ctx, grad_y):
     stride, padding, dilation, groups, kernel_size = ctx.geometry
     need_x, _, _, need_bias, need_weight = ctx.needs_input_grad[:5]
     grad_x = grad_bias = grad_weight = None
-    if need_x:
+    if need_x and ctx.backend == "cpp":
+        # On CPU, oneDNN's transposed convolution over the dequantized weight is several times faster than the
+        # ternary grad-input kernel on the unfolded gradient followed by fold (grad_y is real-valued either way).
+        channels = ctx.x_shape[1]
+        codes = unpack_ternary(packed, (packed.shape[0], channels // groups, *kernel_size))
+        grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, dequantize(codes, scale), grad_y.to(torch.float32), stride,
+                                            padding, dilation, groups).to(ctx.x_dtype)
+    elif need_x:
         batch, channels, height, width = ctx.x_shape
         k = channels // groups * kernel_size[0] * kernel_size[1]
         rows = packed.shape[0] // groups
