@@ -6,6 +6,9 @@ GPU (when CUDA is present): additionally the Triton kernel and SpikingJelly's ``
 with every backend it offers, at [T, 64 x 65536] in float32 and bfloat16, with GB/s counted from the
 minimum bytes moved, next to the measured device copy bandwidth.
 
+Our kernel is timed twice: as is, and "+ count": also returning the fused spike count, whose penalty
+gradient then joins the backward sweep. The results list the count's overhead (goal: under 5%).
+
 Every implementation is checked equal to the reference (spikes exactly) before it is timed.
 
 On Linux CPUs the script restarts itself with glibc's malloc tuned (see ``common.py``;
@@ -32,9 +35,13 @@ GPU_SHAPES = [(t, 64 * 65536) for t in (4, 8, 16, 32)]
 # the training forward also writes u; the backward reads grad_spikes and u and writes grad_x.
 BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}
 
+# Gradient of the spike count (the weight of a spike-count penalty) in the "+ count" entries.
+COUNT_GRAD = 1e-3
+
 
 def _implementations(device: str):
-    """name -> function(x) returning spikes (x requires grad for forward+backward).
+    """name -> function(x) returning spikes, or (spikes, count) for "+ count" (x requires grad for
+    forward+backward).
 
     Call once per shape and dtype: torch.compile of the reference is created afresh (after a dynamo
     reset), so it compiles for exactly that input and never hits the recompilation limit.
@@ -45,7 +52,9 @@ def _implementations(device: str):
         "reference (eager)": lambda x: lif_multistep(x, backend="torch"),
         "reference (torch.compile)": compiled_reference,
     }
-    impls["tna C++" if device == "cpu" else "tna Triton"] = lambda x: lif_multistep(x)
+    ours = "tna C++" if device == "cpu" else "tna Triton"
+    impls[ours] = lambda x: lif_multistep(x)
+    impls[f"{ours} + count"] = lambda x: lif_multistep(x, return_count=True)
     if device == "cuda":
         impls.update(_spikingjelly_impls())
     return impls
@@ -75,9 +84,21 @@ def _check(impl, name, x):
     with torch.no_grad():
         got = impl(x)
         want = lif_multistep(x, backend="torch")
+    if not torch.is_tensor(got):
+        got, count = got
+        if count.item() != want.double().sum().item():
+            raise AssertionError(f"{name} counts {count.item()} spikes, the reference {want.double().sum().item()}")
     if not torch.equal(got.to(want.dtype), want):
         mismatch = (got.to(want.dtype) != want).float().mean().item()
         raise AssertionError(f"{name} disagrees with the reference on {mismatch:.2e} of the spikes")
+
+
+def _backward(outputs, grad, count_grad):
+    """Backward the spikes' gradient, and ``count_grad`` into the count when ``outputs`` has one."""
+    if torch.is_tensor(outputs):
+        outputs.backward(grad)
+    else:
+        torch.autograd.backward(list(outputs), [grad, count_grad])
 
 
 def bench(device: str, jobs, quick: bool):
@@ -89,6 +110,7 @@ def bench(device: str, jobs, quick: bool):
         impls = _implementations(device)
         x = (torch.randn(shape, device=device) * 1.5 + 1).to(dtype)
         grad = torch.randn(shape, device=device).to(dtype)
+        count_grad = torch.tensor(COUNT_GRAD, device=device)
         entries = []  # (implementation, mode, function)
         for name, impl in impls.items():
             _check(impl, name, x)
@@ -99,7 +121,7 @@ def bench(device: str, jobs, quick: bool):
                     impl(x)
 
             def forward_backward(impl=impl, leaf=leaf):
-                impl(leaf).backward(grad)
+                _backward(impl(leaf), grad, count_grad)
                 leaf.grad = None
 
             entries += [(name, "forward", forward), (name, "forward+backward", forward_backward)]
@@ -126,6 +148,13 @@ def bench(device: str, jobs, quick: bool):
             and r["mode"] == row["mode"]
         )
         row["speedup_vs_eager"] = eager / row["ms"]
+        if row["impl"].endswith(" + count"):
+            plain = next(
+                r["ms"] for r in rows
+                if r["impl"] == row["impl"].removesuffix(" + count") and r["shape"] == row["shape"]
+                and r["dtype"] == row["dtype"] and r["mode"] == row["mode"]
+            )
+            row["count_overhead"] = row["ms"] / plain - 1
     return rows
 
 
@@ -153,6 +182,12 @@ def markdown(result) -> str:
             f"| {shape} | {r['dtype']} | {r['mode']} | {r['impl']} | {r['ms']:.3f} | {r['GB/s']:.1f} | "
             f"{r['speedup_vs_eager']:.1f}x |"
         )
+    counted = [r for r in result["rows"] if "count_overhead" in r]
+    if counted:
+        lines += ["", "Overhead of the fused spike count (count returned, its penalty gradient in the backward):", ""]
+    for r in counted:
+        shape = "x".join(map(str, r["shape"]))
+        lines.append(f"- {shape} {r['dtype']} {r['mode']}: {100 * r['count_overhead']:+.1f}%")
     return "\n".join(lines) + "\n"
 
 

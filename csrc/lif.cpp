@@ -20,6 +20,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -235,10 +236,12 @@ inline int64_t grain_for(int64_t T, int64_t N, int64_t nchunks) {
   return T * N < 65536 ? std::max<int64_t>(nchunks, 1) : 1;
 }
 
-// Runs body(i) for every i in [0, len), one cache line of R elements at a time, and calls
-// ahead(i0) before each line. Each time step of a chunk reads and writes a new piece of every
-// [T, N] tensor, far from the previous one, which the hardware prefetchers do not anticipate; ahead
-// prefetches the same line of the rows of the next time step, in step with the work.
+// Runs body(i, j) for every i in [0, len), one cache line of R elements at a time, and calls
+// ahead(i0) before each line; j = i % (64 / sizeof(R)) is i's lane in its line (the index of a
+// per-lane accumulator, which then stays in vector registers). Each time step of a chunk reads and
+// writes a new piece of every [T, N] tensor, far from the previous one, which the hardware
+// prefetchers do not anticipate; ahead prefetches the same line of the rows of the next time step,
+// in step with the work.
 template <typename R, typename Ahead, typename Body>
 inline void sweep_lines(int64_t len, Ahead&& ahead, Body&& body) {
   constexpr int64_t kLine = 64 / sizeof(R);
@@ -246,11 +249,11 @@ inline void sweep_lines(int64_t len, Ahead&& ahead, Body&& body) {
   for (int64_t i0 = 0; i0 < full; i0 += kLine) {
     ahead(i0);
 #pragma omp simd
-    for (int64_t i = i0; i < i0 + kLine; ++i) body(i);
+    for (int64_t j = 0; j < kLine; ++j) body(i0 + j, j);
   }
   if (full < len) ahead(full);
 #pragma omp simd
-  for (int64_t i = full; i < len; ++i) body(i);
+  for (int64_t j = 0; j < len - full; ++j) body(full + j, j);
 }
 
 // Prefetch the cache line holding p[i] (for reading: RW = 0, for writing: RW = 1); p may be null.
@@ -262,23 +265,31 @@ inline void prefetch_at(const R* p, int64_t i) {
 // ----------------------------------------------------------------------------------------------
 // Forward
 // ----------------------------------------------------------------------------------------------
-template <typename S, bool DECAY, bool SOFT, bool SAVE>
-void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage<S>::raw* __restrict spikes,
-                  typename Storage<S>::raw* __restrict u_out, typename Storage<S>::acc* __restrict v_last,
-                  const typename Storage<S>::acc* tau, const typename Storage<S>::acc* vth,
-                  const typename Storage<S>::acc* v_init, double v_reset, int64_t T, int64_t N,
-                  int64_t inner, int64_t P) {
+// Returns the number of spikes when COUNT (else 0). They are counted while they are written, per
+// lane of a cache line in registers; each chunk sums its lanes, and the chunks' counts are summed
+// in a fixed order after the parallel loop. Exact: a lane holds at most T * kMaxChunk / 16 spikes
+// (32-bit lanes for float state, 64-bit for double).
+template <typename S, bool DECAY, bool SOFT, bool SAVE, bool COUNT>
+int64_t forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage<S>::raw* __restrict spikes,
+                     typename Storage<S>::raw* __restrict u_out, typename Storage<S>::acc* __restrict v_last,
+                     const typename Storage<S>::acc* tau, const typename Storage<S>::acc* vth,
+                     const typename Storage<S>::acc* v_init, double v_reset, int64_t T, int64_t N,
+                     int64_t inner, int64_t P) {
   using A = typename Storage<S>::acc;
   using R = typename Storage<S>::raw;
+  using Lane = bits_t<A>;  // an integer as wide as A, so the count vectorizes with the compare
+  constexpr int64_t kLine = 64 / sizeof(R);
   const A vr = static_cast<A>(v_reset);
   const int64_t chunk = chunk_for(N);
   const int64_t nchunks = (N + chunk - 1) / chunk;
+  std::vector<int64_t> counts(COUNT ? nchunks : 0);
   at::parallel_for(0, nchunks, grain_for(T, N, nchunks), [&](int64_t c_begin, int64_t c_end) {
     const A vr_ = vr;  // a local copy, so the vector loop keeps it in a register
     alignas(64) A v[kMaxChunk];
     alignas(64) A tl[kMaxChunk];
     alignas(64) A th[kMaxChunk];
     for (int64_t c = c_begin; c < c_end; ++c) {
+      alignas(64) Lane lanes[kLine] = {};
       const int64_t n0 = c * chunk;
       const int64_t len = std::min(chunk, N - n0);
       gather_param(tl, tau, n0, len, inner, P);
@@ -300,7 +311,7 @@ void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage
             if constexpr (SAVE) prefetch_at<1>(ur + N, i);
           }
         };
-        sweep_lines<R>(len, ahead, [&](int64_t i) __attribute__((always_inline)) {
+        sweep_lines<R>(len, ahead, [&](int64_t i, int64_t j) __attribute__((always_inline)) {
           const A xt = Storage<S>::load(xr[i]);
           const A vv = v[i];
           A h;
@@ -319,11 +330,20 @@ void forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage
           }
           sr[i] = fire ? Storage<S>::kOne : R(0);
           if constexpr (SAVE) ur[i] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
+          if constexpr (COUNT) lanes[j] += Lane(fire);
         });
       }
       std::copy(v, v + len, v_last + n0);
+      if constexpr (COUNT) {
+        int64_t count = 0;
+        for (int64_t j = 0; j < kLine; ++j) count += static_cast<int64_t>(lanes[j]);
+        counts[c] = count;
+      }
     }
   });
+  int64_t total = 0;
+  for (const int64_t c : counts) total += c;
+  return total;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -343,6 +363,7 @@ struct BwdArgs {
   A* gv_init;
   A* gtau;  // nullable
   A* gvth;  // nullable
+  double grad_count;  // added to every element of gs (0 when the count has no gradient)
   double v_reset;
   bool detach;
   double alpha;
@@ -366,7 +387,7 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
                           const raw_t<S>* gx_next, acc_t<S>* __restrict uc, const acc_t<S>* __restrict v0,
                           const acc_t<S>* __restrict th, const acc_t<S>* __restrict itau, acc_t<S>* __restrict gv, acc_t<S>* __restrict gtau,
                           acc_t<S>* __restrict gvth, const SurrConst<acc_t<S>>& k, acc_t<S> vr,
-                          const BwdFlags<acc_t<S>>& f) {
+                          acc_t<S> gc, const BwdFlags<acc_t<S>>& f) {
   using A = acc_t<S>;
   const bits_t<A> detach = f.detach, use_gv = f.use_gv;
   const auto ahead = [&](int64_t i) {
@@ -374,13 +395,13 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
     prefetch_at<0>(u_next, i);
     prefetch_at<1>(gx_next, i);
   };
-  sweep_lines<raw_t<S>>(len, ahead, [&](int64_t i) __attribute__((always_inline)) {
+  sweep_lines<raw_t<S>>(len, ahead, [&](int64_t i, int64_t) __attribute__((always_inline)) {
     const A u = uc[i];
     const A vth = th[i];
     const A h = u + vth;
     const A s = spike_of(u);
     const A sg = surrogate<SURR>(u, k);
-    const A gsg = Storage<S>::load(gsr[i]) * sg;
+    const A gsg = (Storage<S>::load(gsr[i]) + gc) * sg;  // gc: d count / d s = 1
     // detach_reset drops the sg terms of dv/dh and dv/dvth.
     A dvdh, dvdvth;
     if constexpr (SOFT) {
@@ -427,6 +448,7 @@ template <typename S, int SURR, bool SOFT, bool DECAY, bool PARAMS>
 void backward_impl(const BwdArgs<S>& a) {
   using A = typename Storage<S>::acc;
   const A vr = static_cast<A>(a.v_reset);
+  const A gc = static_cast<A>(a.grad_count);
   const SurrConst<A> k(SURR, a.alpha);
   const int64_t T = a.T, N = a.N;
   const int64_t chunk = chunk_for(N);
@@ -471,10 +493,10 @@ void backward_impl(const BwdArgs<S>& a) {
         const auto* gx_next = t >= 1 ? gxr - N : nullptr;
         if (t > 0) {
           backward_step<S, SURR, SOFT, DECAY, PARAMS, false>(len, gsr, a.u + (t - 1) * N + n0, gxr, gs_next, u_next,
-                                                     gx_next, uc, v0, th, itau, gv, gtau, gvth, k, vr, f);
+                                                     gx_next, uc, v0, th, itau, gv, gtau, gvth, k, vr, gc, f);
         } else {
           backward_step<S, SURR, SOFT, DECAY, PARAMS, true>(len, gsr, nullptr, gxr, nullptr, nullptr, nullptr, uc, v0,
-                                                    th, itau, gv, gtau, gvth, k, vr, f);
+                                                    th, itau, gv, gtau, gvth, k, vr, gc, f);
         }
       }
       std::copy(gv, gv + len, a.gv_init + n0);
@@ -536,10 +558,10 @@ void check_x(const at::Tensor& x, const char* name) {
               " must be float32, bfloat16, float16 or float64, got ", t);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forward(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_threshold,
     const std::optional<at::Tensor>& v_init, double v_reset, bool soft_reset, bool decay_input,
-    int64_t inner, bool save_state) {
+    int64_t inner, bool save_state, bool count_spikes) {
   check_x(x, "x");
   check_params(x, tau, v_threshold, v_init, inner);
   const int64_t T = x.size(0), N = x.size(1), P = tau.numel();
@@ -547,6 +569,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward(
   at::Tensor spikes = at::empty({T, N}, x.options());
   at::Tensor v_last = at::empty({N}, x.options().dtype(sd));
   at::Tensor u = save_state ? at::empty({T, N}, x.options()) : at::empty({0}, x.options());
+  int64_t total = 0;
 
   dispatch_storage(x.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
@@ -559,25 +582,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_forward(
     const A* tp = tau.data_ptr<A>();
     const A* hp = v_threshold.data_ptr<A>();
     const A* vi = v_init.has_value() ? v_init->data_ptr<A>() : nullptr;
-    auto run = [&](auto decay_c, auto soft_c, auto save_c) {
-      forward_impl<S, decltype(decay_c)::value, decltype(soft_c)::value, decltype(save_c)::value>(
-          xp, sp, up, vl, tp, hp, vi, v_reset, T, N, inner, P);
+    auto run = [&](auto decay_c, auto soft_c, auto save_c, auto count_c) {
+      total = forward_impl<S, decltype(decay_c)::value, decltype(soft_c)::value, decltype(save_c)::value,
+                           decltype(count_c)::value>(xp, sp, up, vl, tp, hp, vi, v_reset, T, N, inner, P);
     };
     using TT = std::true_type;
     using FF = std::false_type;
+    auto run3 = [&](auto decay_c, auto soft_c, auto save_c) {
+      if (count_spikes) run(decay_c, soft_c, save_c, TT{}); else run(decay_c, soft_c, save_c, FF{});
+    };
     auto run2 = [&](auto decay_c, auto soft_c) {
-      if (save_state) run(decay_c, soft_c, TT{}); else run(decay_c, soft_c, FF{});
+      if (save_state) run3(decay_c, soft_c, TT{}); else run3(decay_c, soft_c, FF{});
     };
     auto run1 = [&](auto decay_c) {
       if (soft_reset) run2(decay_c, TT{}); else run2(decay_c, FF{});
     };
     if (decay_input) run1(TT{}); else run1(FF{});
   });
-  return {spikes, v_last, u};
+  // the exact count, rounded once to the state dtype
+  at::Tensor count = count_spikes ? at::scalar_tensor(static_cast<double>(total), x.options().dtype(sd))
+                                  : at::empty({0}, x.options().dtype(sd));
+  return {spikes, v_last, u, count};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
-    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& u,
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
+    const std::optional<at::Tensor>& grad_count, const at::Tensor& u,
     const at::Tensor& tau, const at::Tensor& v_threshold, const std::optional<at::Tensor>& v_init,
     double v_reset, bool soft_reset, bool decay_input, bool detach_reset, int64_t surrogate_id,
     double alpha, int64_t inner, bool need_tau_grad, bool need_vth_grad) {
@@ -598,6 +628,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
                 "lif: grad_v_last must be a contiguous tensor of shape [N] = [", N, "], got ", g.sizes());
     TORCH_CHECK(g.scalar_type() == sd, "lif: grad_v_last must have the state dtype ", sd, ", got ",
                 g.scalar_type());
+  }
+  if (grad_count.has_value()) {
+    const auto& g = *grad_count;
+    TORCH_CHECK(g.device().is_cpu() && g.dim() == 0 && g.scalar_type() == sd,
+                "lif: grad_count must be a 0-d CPU tensor of the state dtype ", sd, ", got shape ", g.sizes(),
+                " and dtype ", g.scalar_type());
   }
   const auto sopt = u.options().dtype(sd);
   at::Tensor grad_x = at::empty({T, N}, u.options());
@@ -620,6 +656,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
     a.gv_init = grad_v_init.data_ptr<A>();
     a.gtau = need_tau_grad ? grad_tau.data_ptr<A>() : nullptr;
     a.gvth = need_vth_grad ? grad_vth.data_ptr<A>() : nullptr;
+    a.grad_count = grad_count.has_value() ? static_cast<double>(grad_count->item<A>()) : 0.0;
     a.v_reset = v_reset;
     a.detach = detach_reset;
     a.alpha = alpha;
@@ -658,10 +695,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
 TORCH_LIBRARY(tna_cpp, m) {
   m.def(
       "lif_forward(Tensor x, Tensor tau, Tensor v_threshold, Tensor? v_init, float v_reset, "
-      "bool soft_reset, bool decay_input, int inner, bool save_state) -> (Tensor, Tensor, Tensor)");
+      "bool soft_reset, bool decay_input, int inner, bool save_state, bool count_spikes) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor u, Tensor tau, Tensor v_threshold, "
-      "Tensor? v_init, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
+      "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor? grad_count, Tensor u, Tensor tau, "
+      "Tensor v_threshold, Tensor? v_init, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
       "int surrogate, float alpha, int inner, bool need_tau_grad, bool need_vth_grad) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -76,3 +76,26 @@ def test_bad_constructor_arguments(kwargs, match):
 def test_rejects_input_without_time_dimension():
     with pytest.raises(ValueError, match=r"time-major input \[T, B, ...\]"):
         LIF()(torch.ones(5))
+
+
+@pytest.mark.parametrize("return_state", [False, True])
+def test_count_spikes_keeps_a_differentiable_count(return_state):
+    """forward returns what it returns without counting; spike_count is spikes.sum(), and a count
+    penalty's gradient matches the reference's."""
+    torch.manual_seed(2)
+    layer = LIF(learnable_threshold=True, count_spikes=True, return_state=return_state)
+    assert layer.spike_count is None and "count_spikes=True" in repr(layer)
+    x = (torch.randn(8, 3, 11) * 1.5 + 1).requires_grad_(True)
+    grad = torch.randn(8, 3, 11)
+    out = layer(x)
+    spikes = out[0] if return_state else out
+    assert torch.is_tensor(spikes) and spikes.shape == x.shape
+    assert layer.spike_count.shape == () and layer.spike_count.item() == spikes.sum().item()
+    ((spikes * grad).sum() + 0.3 * layer.spike_count).backward()
+
+    vth = layer.v_threshold.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref, _ = lif_multistep_reference(x_ref, v_threshold=vth)
+    ((ref * grad).sum() + 0.3 * ref.sum()).backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.v_threshold.grad, vth.grad, rtol=1e-4, atol=1e-5)

@@ -20,9 +20,14 @@ class LIF(nn.Module):
         learnable_threshold: learn ``v_threshold``.
         channels: C of ``[T, B, C, ...]`` for per-channel learnable parameters; None learns one scalar.
         return_state: ``forward`` returns ``(spikes, v_T)`` instead of spikes.
+        count_spikes: ``forward`` also keeps ``spike_count``, the number of spikes of the last call (a 0-d
+            tensor in the autograd graph, counted by the kernels in the same pass as the spikes), for a
+            spike-count penalty; what ``forward`` returns does not change.
 
     ``forward(x, v_init=None)`` takes an optional initial membrane ``[B, ...]``.
     """
+
+    spike_count: Optional[Tensor]
 
     def __init__(
         self,
@@ -37,6 +42,7 @@ class LIF(nn.Module):
         learnable_threshold: bool = False,
         channels: Optional[int] = None,
         return_state: bool = False,
+        count_spikes: bool = False,
         memory_saving: bool = False,
         backend: str = "auto",
     ):
@@ -54,6 +60,8 @@ class LIF(nn.Module):
         self.detach_reset = detach_reset
         self.surrogate = surrogate
         self.return_state = return_state
+        self.count_spikes = count_spikes
+        self.spike_count = None
         self.memory_saving = memory_saving
         self.backend = backend
         self.tau_weight = nn.Parameter(torch.full(shape, -math.log(tau - 1))) if learnable_tau else None
@@ -71,7 +79,7 @@ class LIF(nn.Module):
     def forward(self, x: Tensor, v_init: Optional[Tensor] = None):
         if torch.is_tensor(x) and x.dim() < 2:
             raise ValueError(f"LIF expects time-major input [T, B, ...], got shape {tuple(x.shape)}")
-        return lif_multistep(
+        outputs = lif_multistep(
             x,
             tau=self.tau,
             v_threshold=self.v_threshold,
@@ -82,9 +90,14 @@ class LIF(nn.Module):
             alpha=self.alpha,
             v_init=v_init,
             return_state=self.return_state,
+            return_count=self.count_spikes,
             memory_saving=self.memory_saving,
             backend=self.backend,
         )
+        if self.count_spikes:
+            self.spike_count = outputs[-1]
+            outputs = outputs[:-1] if self.return_state else outputs[0]
+        return outputs
 
     def extra_repr(self) -> str:
         def describe(value, learnable):
@@ -102,6 +115,8 @@ class LIF(nn.Module):
             f"decay_input={self.decay_input}",
             f"detach_reset={self.detach_reset}",
         ]
+        if self.count_spikes:
+            parts.append("count_spikes=True")
         if self.memory_saving:
             parts.append("memory_saving=True")
         if self.backend != "auto":

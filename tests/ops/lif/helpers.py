@@ -1,4 +1,8 @@
-"""Runs one LIF case through a backend and through the reference with the same inputs and gradients."""
+"""Runs one LIF case through a backend and through the reference with the same inputs and gradients.
+
+With ``count`` the backend also returns its fused spike count, and the loss adds ``grad_count * count``;
+on the reference side the count is ``spikes.sum()``, so both the count and its gradient are held to that.
+"""
 from dataclasses import dataclass, field
 
 import torch
@@ -43,9 +47,11 @@ class LIFCase:
     params: str = "float"  # "float", "scalar" (learnable one-element tensors) or "channel" (learnable [C])
     v_init: bool = False
     state_grad: bool = False
+    count: bool = False
+    spike_grad: bool = True  # False: the loss uses the spikes only through their count
 
     def inputs(self, device, seed):
-        """Fresh random x, tau, v_threshold, v_init and upstream gradients for spikes and v_T."""
+        """Fresh random x, tau, v_threshold, v_init and upstream gradients for spikes, v_T and the count."""
         gen = torch.Generator().manual_seed(seed)
         x = (torch.randn(self.shape, generator=gen, dtype=torch.float64) * 1.5 + 1.0).to(self.dtype)
         channels = self.shape[2] if self.params == "channel" else 1
@@ -57,6 +63,7 @@ class LIFCase:
         v_init = torch.rand(self.shape[1:], generator=gen, dtype=torch.float64) if self.v_init else None
         grad_spikes = torch.randn(self.shape, generator=gen, dtype=torch.float64).to(self.dtype)
         grad_v = torch.randn(self.shape[1:], generator=gen, dtype=torch.float64) if self.state_grad else None
+        grad_count = 0.5 + torch.rand((), generator=gen, dtype=torch.float64).item() if self.count else None
 
         def to_device(t, dtype):
             return None if t is None or not torch.is_tensor(t) else t.to(device=device, dtype=dtype)
@@ -67,15 +74,17 @@ class LIFCase:
             tau=to_device(tau, state) if torch.is_tensor(tau) else tau,
             v_threshold=to_device(v_threshold, state) if torch.is_tensor(v_threshold) else v_threshold,
             v_init=to_device(v_init, state),
-            grad_spikes=grad_spikes.to(device),
+            grad_spikes=grad_spikes.to(device) if self.spike_grad else None,
             grad_v=to_device(grad_v, state),
+            grad_count=grad_count,
         )
 
 
 def run_case(fn, inputs, options):
     """Forward ``fn`` (a backend or the reference) and backward the case's upstream gradients.
 
-    Returns ``(outputs, grads)``: dicts of spikes / v_T and of the gradient of every tensor input."""
+    Returns ``(outputs, grads)``: dicts of spikes / v_T / count (None without one) and of the gradient
+    of every tensor input."""
     leaves = {}
     args = {}
     for name in ("x", "tau", "v_threshold", "v_init"):
@@ -84,34 +93,47 @@ def run_case(fn, inputs, options):
             value = value.detach().clone().requires_grad_(True)
             leaves[name] = value
         args[name] = value
-    spikes, v_last = fn(**args, **options)
-    loss = (spikes.double() * inputs["grad_spikes"].double()).sum()
+    count_grad = inputs["grad_count"]
+    spikes, v_last, count = fn(**args, count=count_grad is not None, **options)
+    loss = v_last.new_zeros((), dtype=torch.float64)
+    if inputs["grad_spikes"] is not None:
+        loss = loss + (spikes.double() * inputs["grad_spikes"].double()).sum()
     if inputs["grad_v"] is not None:
         loss = loss + (v_last.double() * inputs["grad_v"].double()).sum()
+    if count_grad is not None:
+        loss = loss + count_grad * count.double()
     grads = torch.autograd.grad(loss, list(leaves.values()))
-    return {"spikes": spikes.detach(), "v_T": v_last.detach()}, dict(zip(leaves, grads))
+    count = None if count is None else count.detach()
+    return {"spikes": spikes.detach(), "v_T": v_last.detach(), "count": count}, dict(zip(leaves, grads))
 
 
 def backend_fn(backend, **extra):
-    def fn(x, **kwargs):
-        return lif_multistep(x, return_state=True, backend=backend, **extra, **kwargs)
+    def fn(x, count, **kwargs):
+        outputs = lif_multistep(x, return_state=True, return_count=count, backend=backend, **extra, **kwargs)
+        return outputs if count else (*outputs, None)
 
     return fn
 
 
-def reference_fn(x, tau, v_threshold, v_init=None, **options):
-    return lif_multistep_reference(x, tau=tau, v_threshold=v_threshold, v_init=v_init, **options)
+def reference_fn(x, tau, v_threshold, v_init=None, count=False, **options):
+    spikes, v_last = lif_multistep_reference(x, tau=tau, v_threshold=v_threshold, v_init=v_init, **options)
+    return spikes, v_last, spikes.double().sum() if count else None
 
 
 def compare_case(case: LIFCase, backend: str, seed: int, **extra):
-    """Assert a backend equals the reference on one case: spikes exactly, v_T and every gradient closely."""
+    """Assert a backend equals the reference on one case: spikes and the spike count exactly, v_T and
+    every gradient closely."""
     device = kernel_device(backend)
     inputs = case.inputs(device, seed)
     out, grads = run_case(backend_fn(backend, **extra), inputs, case.options)
     ref_out, ref_grads = run_case(reference_fn, inputs, case.options)
+    state = torch.float64 if case.dtype == torch.float64 else torch.float32
     assert out["spikes"].dtype == case.dtype and out["spikes"].shape == case.shape
     torch.testing.assert_close(out["spikes"], ref_out["spikes"], rtol=0, atol=0, equal_nan=True)
-    assert_close(out["v_T"], ref_out["v_T"], torch.float64 if case.dtype == torch.float64 else torch.float32, "v_T")
+    assert_close(out["v_T"], ref_out["v_T"], state, "v_T")
+    if case.count:
+        assert out["count"].dtype == state and out["count"].shape == ()
+        assert out["count"].item() == ref_out["count"].to(state).item()  # exact, then rounded once
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         assert_close(grads[name], ref_grads[name], case.dtype, f"grad of {name}")

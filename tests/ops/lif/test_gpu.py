@@ -10,7 +10,8 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(32, 64, 65536), (16, 32, 128, 16, 16), (33, 3, 7, 1001)])
 def test_triton_full_size_matches_reference(dtype, shape):
-    case = LIFCase(shape, dtype, params="scalar" if len(shape) == 3 else "channel", v_init=True, state_grad=True)
+    params = "scalar" if len(shape) == 3 else "channel"
+    case = LIFCase(shape, dtype, params=params, v_init=True, state_grad=True, count=True)
     compare_case(case, "triton", seed=sum(shape))
 
 

@@ -143,6 +143,36 @@ def test_inference_saves_nothing_and_matches(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_many_chunks_cpp(dtype):
     """Enough neurons for the C++ kernel's largest chunks, several of them, and a ragged last one
-    (37023 neurons; per-channel parameters whose runs cross chunk boundaries)."""
-    case = LIFCase((5, 3, 7, 41, 43), dtype, params="channel", v_init=True, state_grad=True)
+    (37023 neurons; per-channel parameters whose runs cross chunk boundaries); the spike count sums
+    the chunks' counts."""
+    case = LIFCase((5, 3, 7, 41, 43), dtype, params="channel", v_init=True, state_grad=True, count=True)
     compare_case(case, "cpp", seed=37023)
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 3, 5, 7), (33, 2, 67, 1)])
+def test_spike_count_and_its_gradient(backend, dtype, shape):
+    """The fused count equals the reference's spikes.sum() exactly, and a count penalty's gradient equals
+    autograd through the reference of (spikes * grad_spikes).sum() + grad_count * spikes.sum()."""
+    case = LIFCase(shape, dtype, params="channel", v_init=True, state_grad=True, count=True)
+    compare_case(case, backend, seed=sum(shape) + 3)
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
+@pytest.mark.parametrize("memory_saving", [False, True])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_spike_count_alone(backend, memory_saving, reset):
+    """A loss that sees the spikes only through their count (no grad_spikes, no v_T gradient)."""
+    options = dict(v_reset=RESETS[reset], surrogate="sigmoid")
+    case = LIFCase((9, 2, 3, 13), torch.float32, options, params="scalar", count=True, spike_grad=False)
+    compare_case(case, backend, seed=9, memory_saving=memory_saving)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_spike_count_in_inference(backend):
+    device = kernel_device(backend)
+    x = torch.randn(7, 4, 133, device=device) + 1
+    with torch.no_grad():
+        spikes, count = lif_multistep(x, return_count=True, backend=backend)
+    assert count.item() == spikes.sum().item() and count.shape == () and count.grad_fn is None

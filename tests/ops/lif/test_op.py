@@ -77,28 +77,31 @@ def _op_args(device, save_state, requires_grad):
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("save_state", [True, False])
-def test_opcheck_forward(backend, save_state):
+@pytest.mark.parametrize("count_spikes", [True, False])
+def test_opcheck_forward(backend, save_state, count_spikes):
     x, tau, vth, v_init = _op_args(kernel_device(backend), save_state, requires_grad=True)
-    args = (x, tau, vth, v_init, 0.0, False, True, False, 0, 2.0, save_state, backend)
+    args = (x, tau, vth, v_init, 0.0, False, True, False, 0, 2.0, save_state, count_spikes, backend)
     torch.library.opcheck(torch.ops.tna.lif_forward.default, args)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_opcheck_backward(backend):
+@pytest.mark.parametrize("with_count", [True, False])
+def test_opcheck_backward(backend, with_count):
     x, tau, vth, v_init = _op_args(kernel_device(backend), True, requires_grad=False)
-    _, _, u = torch.ops.tna.lif_forward(x, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, backend)
+    _, _, u, _ = torch.ops.tna.lif_forward(x, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, False, backend)
     grad_spikes, grad_v = torch.randn_like(x), torch.randn_like(v_init)
-    args = (grad_spikes, grad_v, u, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, True, backend)
+    grad_count = torch.tensor(0.75, device=x.device) if with_count else None
+    args = (grad_spikes, grad_v, grad_count, u, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, True, backend)
     torch.library.opcheck(torch.ops.tna.lif_backward.default, args)
 
 
 class _SpikingMLP(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, count_spikes=False):
         super().__init__()
         self.fc1 = torch.nn.Linear(12, 32)
-        self.lif1 = tna_kernels.nn.LIF(learnable_tau=True, channels=32, v_reset=None)
+        self.lif1 = tna_kernels.nn.LIF(learnable_tau=True, channels=32, v_reset=None, count_spikes=count_spikes)
         self.fc2 = torch.nn.Linear(32, 5)
-        self.lif2 = tna_kernels.nn.LIF(learnable_threshold=True)
+        self.lif2 = tna_kernels.nn.LIF(learnable_threshold=True, count_spikes=count_spikes)
 
     def forward(self, x):  # [T, B, 12] -> [B, 5]
         return self.lif2(self.fc2(self.lif1(self.fc1(x)))).mean(0)
@@ -115,5 +118,28 @@ def test_compile_fullgraph_matches_eager():
     out = compiled(x)
     grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
     torch.testing.assert_close(out, eager)
+    for got, want in zip(grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_fullgraph_with_spike_count_penalty():
+    """A loss with a spike-count penalty (the layers' counts kept by nn.LIF) compiles as one graph and
+    matches eager, count and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _SpikingMLP(count_spikes=True)
+    x = torch.randn(4, 3, 12) * 2
+
+    def loss_fn(x):
+        out = model(x)
+        penalty = model.lif1.spike_count + model.lif2.spike_count
+        return out.square().sum() + 0.01 * penalty, penalty
+
+    eager, eager_count = loss_fn(x)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    loss, count = torch.compile(loss_fn, fullgraph=True)(x)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert count.item() == eager_count.item() > 0
+    torch.testing.assert_close(loss, eager)
     for got, want in zip(grads, eager_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -33,6 +33,7 @@ def _cases(draw, backend):
         params=draw(st.sampled_from(["float", "scalar", "channel"])),
         v_init=draw(st.booleans()),
         state_grad=draw(st.booleans()),
+        count=draw(st.booleans()),
     )
 
 

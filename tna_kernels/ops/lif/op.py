@@ -51,17 +51,19 @@ def lif_forward_op(
     surrogate: int,
     alpha: float,
     save_state: bool,
+    count_spikes: bool,
     backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused LIF forward over all T steps.
 
     x ``[T, *]`` contiguous; tau, v_threshold ``[P]`` in the state dtype; v_init ``[*]`` state dtype or None.
-    Returns spikes ``[T, *]`` (x's dtype), v_T ``[*]`` (state dtype) and, when ``save_state``, the saved
-    ``u = h - v_threshold`` ``[T, *]`` in x's dtype (else an empty ``(0,)`` tensor). ``detach_reset``,
-    ``surrogate`` (id) and ``alpha`` only matter to the backward.
+    Returns spikes ``[T, *]`` (x's dtype), v_T ``[*]`` (state dtype), when ``save_state`` the saved
+    ``u = h - v_threshold`` ``[T, *]`` in x's dtype (else an empty ``(0,)`` tensor), and when
+    ``count_spikes`` the number of spikes, a 0-d tensor in the state dtype counted in the same pass (else
+    an empty ``(0,)`` tensor). ``detach_reset``, ``surrogate`` (id) and ``alpha`` only matter to the backward.
     """
     steps, neurons = x.shape[0], math.prod(x.shape[1:])
-    spikes, v_last, u = _kernels(backend).lif_forward(
+    spikes, v_last, u, count = _kernels(backend).lif_forward(
         x.reshape(steps, neurons),
         tau,
         v_threshold,
@@ -71,20 +73,25 @@ def lif_forward_op(
         decay_input,
         _inner(x.shape, tau.numel()),
         save_state,
+        count_spikes,
     )
-    return spikes.view(x.shape), v_last.view(x.shape[1:]), u.view(x.shape) if save_state else u
+    return spikes.view(x.shape), v_last.view(x.shape[1:]), u.view(x.shape) if save_state else u, count
 
 
 @lif_forward_op.register_fake
-def _(x, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha, save_state, backend):
+def _(x, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha, save_state,
+      count_spikes, backend):
+    sd = state_dtype(x.dtype)
     u = torch.empty_like(x) if save_state else x.new_empty(0)
-    return torch.empty_like(x), x.new_empty(x.shape[1:], dtype=state_dtype(x.dtype)), u
+    count = x.new_empty(() if count_spikes else (0,), dtype=sd)
+    return torch.empty_like(x), x.new_empty(x.shape[1:], dtype=sd), u, count
 
 
 @torch.library.custom_op("tna::lif_backward", mutates_args=())
 def lif_backward_op(
     grad_spikes: Tensor,
     grad_v_last: Optional[Tensor],
+    grad_count: Optional[Tensor],
     u: Tensor,
     tau: Tensor,
     v_threshold: Tensor,
@@ -101,14 +108,17 @@ def lif_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused reverse-time LIF backward.
 
-    grad_spikes and u ``[T, *]`` (x's dtype), grad_v_last ``[*]`` or None. Returns grad_x ``[T, *]``,
-    grad_v_init ``[*]`` (state dtype), grad_tau and grad_v_threshold ``[P]`` (empty when not requested).
+    grad_spikes and u ``[T, *]`` (x's dtype), grad_v_last ``[*]`` or None, grad_count (the gradient of
+    the spike count, added to every spike's gradient in the sweep) 0-d in the state dtype or None.
+    Returns grad_x ``[T, *]``, grad_v_init ``[*]`` (state dtype), grad_tau and grad_v_threshold ``[P]``
+    (empty when not requested).
     """
     steps, neurons = u.shape[0], math.prod(u.shape[1:])
     inner = _inner(u.shape, tau.numel())
     grad_x, grad_v_init, grad_tau, grad_vth = _kernels(backend).lif_backward(
         grad_spikes.reshape(steps, neurons).contiguous(),
         None if grad_v_last is None else grad_v_last.reshape(neurons).contiguous(),
+        grad_count,
         u.reshape(steps, neurons),
         tau,
         v_threshold,
@@ -141,8 +151,8 @@ def _per_parameter(per_neuron: Tensor, num_params: int, inner: int) -> Tensor:
 
 
 @lif_backward_op.register_fake
-def _(grad_spikes, grad_v_last, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset,
-      surrogate, alpha, need_tau_grad, need_vth_grad, backend):
+def _(grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input,
+      detach_reset, surrogate, alpha, need_tau_grad, need_vth_grad, backend):
     sd = state_dtype(u.dtype)
     num_params = tau.numel()
     return (
@@ -154,34 +164,35 @@ def _(grad_spikes, grad_v_last, u, tau, v_threshold, v_init, v_reset, soft_reset
 
 
 def _setup_context(ctx, inputs, output):
-    x, tau, v_threshold, v_init, *options, save_state, backend = inputs
+    x, tau, v_threshold, v_init, *options, save_state, count_spikes, backend = inputs
     ctx.options = options
     ctx.backend = backend
     ctx.recompute = not save_state
     ctx.save_for_backward(x if ctx.recompute else output[2], tau, v_threshold, v_init)
-    ctx.mark_non_differentiable(output[2])
+    # u, and the count when it was not asked for (then an empty placeholder)
+    ctx.mark_non_differentiable(*(output[2:3] if count_spikes else output[2:]))
     ctx.set_materialize_grads(False)  # an unused v_T gives grad None, so the kernel can skip that term
 
 
-def _backward(ctx, grad_spikes, grad_v_last, grad_u):
+def _backward(ctx, grad_spikes, grad_v_last, grad_u, grad_count):
     saved, tau, v_threshold, v_init = ctx.saved_tensors
     v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha = ctx.options
     u = saved
     if ctx.recompute:
-        u = lif_forward_op(saved, tau, v_threshold, v_init, *ctx.options, True, ctx.backend)[2]
+        u = lif_forward_op(saved, tau, v_threshold, v_init, *ctx.options, True, False, ctx.backend)[2]
     need_x, need_tau, need_vth, need_v_init = ctx.needs_input_grad[:4]
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(u)
     grad_x, grad_v_init, grad_tau, grad_vth = lif_backward_op(
-        grad_spikes, grad_v_last, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset,
-        surrogate, alpha, need_tau, need_vth, ctx.backend,
+        grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input,
+        detach_reset, surrogate, alpha, need_tau, need_vth, ctx.backend,
     )
     return (
         grad_x if need_x else None,
         grad_tau if need_tau else None,
         grad_vth if need_vth else None,
         grad_v_init if need_v_init else None,
-    ) + (None,) * 8
+    ) + (None,) * 9
 
 
 lif_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -261,6 +272,7 @@ def lif_multistep(
     alpha: Optional[float] = None,
     v_init=None,
     return_state: bool = False,
+    return_count: bool = False,
     memory_saving: bool = False,
     backend: str = "auto",
 ):
@@ -280,12 +292,17 @@ def lif_multistep(
         alpha: surrogate sharpness; None takes the surrogate's default.
         v_init: initial membrane ``[*]`` (a float broadcasts); defaults to ``v_reset`` (0 for soft reset).
         return_state: also return the final membrane ``v_T`` (pass it as the next chunk's ``v_init``).
+        return_count: also return the number of spikes, counted by the kernels in the same pass as the
+            spikes. It is differentiable (d count / d spikes = 1: a spike-count penalty's gradient is
+            added to every spike's gradient inside the backward sweep).
         memory_saving: keep nothing for backward but ``x``; the membrane is recomputed in backward.
         backend: "auto", "torch" (the reference loop), "cpp" or "triton"; "auto" honours ``TNA_BACKEND``.
 
     Returns:
-        spikes ``[T, *]`` in x's dtype (0 or 1), and ``v_T`` ``[*]`` (float32, float64 for float64 x)
-        when ``return_state``.
+        spikes ``[T, *]`` in x's dtype (0 or 1); then ``v_T`` ``[*]`` (float32, float64 for float64 x)
+        when ``return_state``; then ``count`` when ``return_count``: the number of spikes over all T and
+        neurons, a 0-d tensor in the dtype of ``v_T`` (the kernels count exactly and round once; a float32
+        holds every count up to 2^24). A tuple when more than the spikes are asked for.
     """
     _check_x(x)
     alpha = check_lif_options(tau, v_reset, surrogate, alpha)
@@ -302,18 +319,19 @@ def lif_multistep(
     if backend == "torch":
         def run(x, tau, v_threshold, v_init):
             return lif_multistep_reference(
-                x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, v_init
+                x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, v_init, return_count
             )
 
         if memory_saving and torch.is_grad_enabled():
-            spikes, v_last = checkpoint(run, x, tau_t, v_threshold_t, v_init_t, use_reentrant=False)
+            results = checkpoint(run, x, tau_t, v_threshold_t, v_init_t, use_reentrant=False)
         else:
-            spikes, v_last = run(x, tau_t, v_threshold_t, v_init_t)
+            results = run(x, tau_t, v_threshold_t, v_init_t)
+        spikes, v_last, count = results if return_count else (*results, None)
     else:
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, tau_t, v_threshold_t, v_init_t)
         )
-        spikes, v_last, _ = lif_forward_op(
+        spikes, v_last, _, count = lif_forward_op(
             x.contiguous(),
             tau_t,
             v_threshold_t,
@@ -325,6 +343,8 @@ def lif_multistep(
             SURROGATES[surrogate].id,
             alpha,
             needs_grad and not memory_saving,
+            bool(return_count),
             backend,
         )
-    return (spikes, v_last) if return_state else spikes
+    outputs = (spikes,) + ((v_last,) if return_state else ()) + ((count,) if return_count else ())
+    return outputs if len(outputs) > 1 else spikes

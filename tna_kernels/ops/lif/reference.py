@@ -50,7 +50,8 @@ def lif_multistep_reference(
     surrogate: str = "atan",
     alpha: float | None = None,
     v_init: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_count: bool = False,
+):
     """Run the LIF recurrence over the leading time dimension.
 
     Args:
@@ -58,9 +59,12 @@ def lif_multistep_reference(
         tau, v_threshold: float, one-element tensor, or length-C tensor (C = ``x.shape[2]``).
         v_reset: reset potential, or None for soft reset (subtract the threshold).
         v_init: initial membrane ``[*]``; defaults to ``v_reset`` (0 for soft reset).
+        return_count: also return the spike count.
 
     Returns:
-        spikes ``[T, *]`` in x's dtype and the final membrane ``v_T`` ``[*]`` in the state dtype.
+        spikes ``[T, *]`` in x's dtype and the final membrane ``v_T`` ``[*]`` in the state dtype; with
+        ``return_count``, also ``count``: the number of spikes, a 0-d tensor in the state dtype. The count
+        is the sum of the spikes, so its gradient adds ``grad_count`` to the gradient of every spike.
     """
     dtype = state_dtype(x.dtype)
     alpha = SURROGATES[surrogate].default_alpha if alpha is None else alpha
@@ -81,4 +85,7 @@ def lif_multistep_reference(
         else:
             v = h * (1 - s_reset) + vr * s_reset
         spikes.append(s)
-    return torch.stack(spikes).to(x.dtype), v
+    spikes = torch.stack(spikes)
+    if return_count:
+        return spikes.to(x.dtype), v, spikes.sum()
+    return spikes.to(x.dtype), v

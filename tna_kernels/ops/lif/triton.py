@@ -9,8 +9,10 @@ Arithmetic runs in the state dtype: float64 for float64 input, float32 otherwise
 follows the interface's equations operation by operation with correctly rounded division (no
 reciprocal of tau, no ``div.full`` approximation), so float32 spikes equal ``reference.py`` bit for
 bit. The backward multiplies by a correctly rounded ``1 / tau`` computed once per neuron, so its
-gradients equal the interface's formulas up to float rounding. Under ``TRITON_INTERPRET=1`` the
-kernels run on CPU tensors with one small block size.
+gradients equal the interface's formulas up to float rounding. The forward can count the spikes as it
+writes them: an int32 per neuron in registers, summed per program and added to one int64 counter.
+These are integer additions, so the count is exact and does not depend on the order of the programs.
+Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors with one small block size.
 """
 import contextlib
 import math
@@ -97,6 +99,7 @@ def lif_fwd_kernel(
     spikes,
     v_last,
     u,
+    count,
     v_reset: tl.float64,
     T,
     N,
@@ -106,6 +109,7 @@ def lif_fwd_kernel(
     SOFT_RESET: tl.constexpr,
     DECAY_INPUT: tl.constexpr,
     SAVE_STATE: tl.constexpr,
+    COUNT: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     i_n = tl.program_id(0)
@@ -120,6 +124,7 @@ def lif_fwd_kernel(
         b_v = tl.load(v_init + o_n, mask=m_n, other=0.).to(b_tau.dtype)
     else:
         b_v = b_vr
+    b_count = tl.zeros([BLOCK_N], tl.int32)
 
     # x[t + 1] is prefetched while step t computes.
     b_x = tl.load(x + o_n, mask=_row_mask(o_n, N, T > 0), other=0.)
@@ -133,13 +138,16 @@ def lif_fwd_kernel(
         else:
             b_h = (b_v - _div(b_v - b_vr, b_tau)) + b_xt
         b_u = b_h - b_vth
-        b_s = (b_u >= 0).to(b_tau.dtype)
+        b_fire = b_u >= 0
+        b_s = b_fire.to(b_tau.dtype)
         if SOFT_RESET:
             b_v = b_h - b_vth * b_s
         else:
             b_v = b_h * (1. - b_s) + b_vr * b_s
 
         tl.store(spikes + o_t + o_n, b_s.to(spikes.dtype.element_ty), mask=m_n)
+        if COUNT:
+            b_count += b_fire.to(tl.int32)
         if SAVE_STATE:
             # -0.0 -> +0.0 so that the backward's sign-bit rule gives s = 1, as u >= 0 did here.
             b_u = tl.where(b_u == 0., 0., b_u)
@@ -147,6 +155,8 @@ def lif_fwd_kernel(
         b_x = b_x_next
 
     tl.store(v_last + o_n, b_v, mask=m_n)
+    if COUNT:
+        tl.atomic_add(count, tl.sum(tl.where(m_n, b_count, 0).to(tl.int64)), sem="relaxed")
 
 
 @triton.autotune(configs=_configs(max_per_thread=8), key=["N"])
@@ -154,6 +164,7 @@ def lif_fwd_kernel(
 def lif_bwd_kernel(
     grad_spikes,
     grad_v_last,
+    grad_count,
     u,
     tau,
     v_threshold,
@@ -171,6 +182,7 @@ def lif_bwd_kernel(
     inner,
     HAS_V_INIT: tl.constexpr,
     HAS_GRAD_V_LAST: tl.constexpr,
+    HAS_GRAD_COUNT: tl.constexpr,
     SOFT_RESET: tl.constexpr,
     DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr,
@@ -199,6 +211,8 @@ def lif_bwd_kernel(
         b_gv = tl.load(grad_v_last + o_n, mask=m_n, other=0.).to(b_tau.dtype)
     else:
         b_gv = tl.zeros([BLOCK_N], b_tau.dtype)
+    if HAS_GRAD_COUNT:
+        b_gc = tl.load(grad_count)
     b_dtau = tl.zeros([BLOCK_N], b_tau.dtype)
     b_dvth = tl.zeros([BLOCK_N], b_tau.dtype)
 
@@ -214,6 +228,8 @@ def lif_bwd_kernel(
         b_upp = tl.load(u + (o_t - N - N) + o_n, mask=_row_mask(o_n, N, i_t >= 2), other=0.).to(b_tau.dtype)
         b_gs_next = tl.load(grad_spikes + (o_t - N) + o_n, mask=_row_mask(o_n, N, i_t >= 1), other=0.).to(b_tau.dtype)
 
+        if HAS_GRAD_COUNT:
+            b_gs = b_gs + b_gc  # d count / d s = 1
         b_h = b_u + b_vth
         b_s = _spike_from_u(b_u)
         b_sg = _surrogate_grad(b_u, b_a, b_b, SURROGATE)
@@ -355,7 +371,8 @@ def lif_forward(
     decay_input: bool,
     inner: int,
     save_state: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    count_spikes: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multi-step LIF forward over all T timesteps in one launch.
 
     Args:
@@ -368,10 +385,12 @@ def lif_forward(
         decay_input: ``h = v + (x - (v - v_reset)) / tau`` if true, else ``h = v - (v - v_reset) / tau + x``.
         inner: int >= 1, product of the dims after the channel dim.
         save_state: also return ``u = h - v_threshold`` for the backward.
+        count_spikes: also return the number of spikes, counted in the same pass.
 
     Returns:
-        spikes ``[T, N]`` in x's dtype (0 or 1), v_last ``[N]`` in the state dtype, and u ``[T, N]``
-        in x's dtype when ``save_state`` (an empty ``(0,)`` tensor otherwise).
+        spikes ``[T, N]`` in x's dtype (0 or 1), v_last ``[N]`` in the state dtype, u ``[T, N]`` in x's
+        dtype when ``save_state`` (an empty ``(0,)`` tensor otherwise), and the spike count, a 0-d tensor
+        in the state dtype, when ``count_spikes`` (an empty ``(0,)`` tensor otherwise).
     """
     _check_time_major("x", x)
     T, N = x.shape
@@ -384,27 +403,30 @@ def lif_forward(
     spikes = torch.empty((T, N), dtype=x.dtype, device=x.device)
     v_last = torch.empty((N,), dtype=state, device=x.device)
     u = torch.empty((T, N) if save_state else (0,), dtype=x.dtype, device=x.device)
-    if N == 0:
-        return spikes, v_last, u
+    total = torch.zeros((), dtype=torch.int64, device=x.device) if count_spikes else None
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]),)
 
-    with _device_guard(x):
-        lif_fwd_kernel[grid](
-            x, tau, v_threshold, v_init, spikes, v_last, u if save_state else None,
-            v_reset, T, N, P, inner,
-            HAS_V_INIT=v_init is not None,
-            SOFT_RESET=bool(soft_reset),
-            DECAY_INPUT=bool(decay_input),
-            SAVE_STATE=bool(save_state),
-        )
-    return spikes, v_last, u
+    if N > 0:
+        with _device_guard(x):
+            lif_fwd_kernel[grid](
+                x, tau, v_threshold, v_init, spikes, v_last, u if save_state else None, total,
+                v_reset, T, N, P, inner,
+                HAS_V_INIT=v_init is not None,
+                SOFT_RESET=bool(soft_reset),
+                DECAY_INPUT=bool(decay_input),
+                SAVE_STATE=bool(save_state),
+                COUNT=bool(count_spikes),
+            )
+    count = total.to(state) if count_spikes else torch.empty((0,), dtype=state, device=x.device)
+    return spikes, v_last, u, count
 
 
 def lif_backward(
     grad_spikes: torch.Tensor,
     grad_v_last: torch.Tensor | None,
+    grad_count: torch.Tensor | None,
     u: torch.Tensor,
     tau: torch.Tensor,
     v_threshold: torch.Tensor,
@@ -424,6 +446,8 @@ def lif_backward(
     Args:
         grad_spikes: gradient of the spikes ``[T, N]``, contiguous, x's dtype.
         grad_v_last: gradient of v_last ``[N]`` in the state dtype, or None (zero).
+        grad_count: gradient of the spike count, 0-d in the state dtype, or None (zero); it is added
+            to the gradient of every spike.
         u: ``h - v_threshold`` ``[T, N]`` in x's dtype, as saved by ``lif_forward(save_state=True)``.
         tau, v_threshold, v_init, v_reset, soft_reset, decay_input, inner: as in the forward.
         detach_reset: the reset carries no gradient through the spike.
@@ -442,6 +466,8 @@ def lif_backward(
     _check_like("grad_spikes", grad_spikes, (T, N), u.dtype, u.device)
     if grad_v_last is not None:
         _check_like("grad_v_last", grad_v_last, (N,), state, u.device)
+    if grad_count is not None:
+        _check_like("grad_count", grad_count, (), state, u.device)
     P = _check_params(tau, v_threshold, state, u.device)
     if v_init is not None:
         _check_like("v_init", v_init, (N,), state, u.device)
@@ -465,11 +491,12 @@ def lif_backward(
 
     with _device_guard(u):
         lif_bwd_kernel[grid](
-            grad_spikes, grad_v_last, u, tau, v_threshold, v_init,
+            grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init,
             grad_x, grad_v_init, grad_tau if need_tau_grad else None, grad_vth if need_vth_grad else None,
             v_reset, sg_a, sg_b, T, N, P, inner,
             HAS_V_INIT=v_init is not None,
             HAS_GRAD_V_LAST=grad_v_last is not None,
+            HAS_GRAD_COUNT=grad_count is not None,
             SOFT_RESET=bool(soft_reset),
             DECAY_INPUT=bool(decay_input),
             DETACH_RESET=bool(detach_reset),
