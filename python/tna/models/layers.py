@@ -54,16 +54,21 @@ class Precision:
 class SpikingNeurons(tnn.LIF):
     """Fused LIF neurons that also keep the layer's firing rate of the last forward.
 
-    ``rate`` is a 0-d tensor: spikes per neuron per timestep, averaged over the batch (it stays in the
-    autograd graph, so a loss may use it); ``neurons`` is the layer's neuron count per sample.
+    ``rate`` is a 0-d tensor: spikes per neuron per timestep, averaged over the batch, from the spike count
+    the fused kernel emits in its forward pass; it stays in the autograd graph (a penalty on it reaches the
+    kernel's reverse sweep as a constant added to the spike gradient). ``neurons`` is the layer's neuron
+    count per sample.
     """
 
     rate: Tensor
     neurons: int
 
+    def __init__(self, **kwargs):
+        super().__init__(count_spikes=True, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         spikes = super().forward(x)
-        self.rate = spikes.float().mean()
+        self.rate = self.spike_count.float() / spikes.numel()
         self.neurons = spikes[0, 0].numel()
         return spikes
 
