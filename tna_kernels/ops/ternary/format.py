@@ -23,12 +23,17 @@ from torch import Tensor
 FORMAT_VERSION = 1
 CODES_PER_WORD = 16
 
-_SHIFTS = torch.arange(0, 2 * CODES_PER_WORD, 2, dtype=torch.int64)
 
 
 def packed_words(k: int) -> int:
     """Number of int32 words holding K codes."""
     return (k + CODES_PER_WORD - 1) // CODES_PER_WORD
+
+
+def _shifts(device) -> Tensor:
+    """Bit offsets of the 16 codes in a word, int64 ``[16]`` (made per call: a cached tensor would be a
+    real tensor inside fake-tensor tracing)."""
+    return torch.arange(0, 2 * CODES_PER_WORD, 2, dtype=torch.int64, device=device)
 
 
 def pack_ternary(codes: Tensor) -> Tensor:
@@ -45,7 +50,7 @@ def pack_ternary(codes: Tensor) -> Tensor:
     words = packed_words(k)
     values = torch.ones(rows, words * CODES_PER_WORD, dtype=torch.int64, device=codes.device)
     values[:, :k] = codes.reshape(rows, k).to(torch.int64) + 1
-    packed = (values.view(rows, words, CODES_PER_WORD) << _SHIFTS.to(codes.device)).sum(-1)
+    packed = (values.view(rows, words, CODES_PER_WORD) << _shifts(codes.device)).sum(-1)
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
 
@@ -56,12 +61,21 @@ def unpack_ternary(packed: Tensor, shape) -> Tensor:
         raise ValueError("shape must have at least one dimension (output channels first)")
     k = math.prod(shape[1:])
     check_packed(packed, shape[0], k)
-    words = packed.to(torch.int64) & 0xFFFFFFFF
-    values = (words.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 3
-    if bool((values == 3).any()):
+    if bool((_bit_pairs(packed) == 3).any()):
         raise ValueError("packed holds the bit pair 3, which format version 1 never uses: not a ternary packing")
-    codes = (values.reshape(shape[0], -1)[:, :k] - 1).to(torch.int8)
-    return codes.reshape(shape)
+    return decode_codes(packed, k).reshape(shape)
+
+
+def _bit_pairs(packed: Tensor) -> Tensor:
+    """The 2-bit fields of int32 words ``[N, W]`` as int64 ``[N, W, 16]``."""
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    return (words.unsqueeze(-1) >> _shifts(packed.device)) & 3
+
+
+def decode_codes(packed: Tensor, k: int) -> Tensor:
+    """int8 codes ``[N, k]`` from valid packed words ``[N, ceil(k / 16)]``, without checks (traceable, for use
+    inside kernels' autograd; ``unpack_ternary`` is the checked public form)."""
+    return (_bit_pairs(packed).reshape(packed.shape[0], -1)[:, :k] - 1).to(torch.int8)
 
 
 def check_packed(packed: Tensor, rows: Optional[int], k: int) -> int:

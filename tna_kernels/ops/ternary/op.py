@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backend import resolve_backend
-from .format import check_packed, check_scale, conv_kernel_size, dequantize, int_pair, unpack_ternary
+from .format import check_packed, check_scale, conv_kernel_size, decode_codes, dequantize, int_pair, unpack_ternary
 from .reference import (
     check_spikes,
     is_spike_input,
@@ -200,7 +200,8 @@ def _conv_backward(ctx, grad_y):
         # On CPU, oneDNN's transposed convolution over the dequantized weight is several times faster than the
         # ternary grad-input kernel on the unfolded gradient followed by fold (grad_y is real-valued either way).
         channels = ctx.x_shape[1]
-        codes = unpack_ternary(packed, (packed.shape[0], channels // groups, *kernel_size))
+        codes = decode_codes(packed, channels // groups * kernel_size[0] * kernel_size[1])
+        codes = codes.view(packed.shape[0], channels // groups, *kernel_size)
         grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, dequantize(codes, scale), grad_y.to(torch.float32), stride,
                                             padding, dilation, groups).to(ctx.x_dtype)
     elif need_x:
