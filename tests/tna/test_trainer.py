@@ -283,3 +283,10 @@ def test_bad_yaml_corrupt_checkpoint_and_wrong_model_file(tmp_path, capsys):
     torch.save({"format": 1, "kind": "something"}, tmp_path / "other.pt")
     assert eval_main([str(tmp_path / "other.pt")]) == 2
     assert "not a deployed model" in capsys.readouterr().err
+
+
+def test_bf16_autocast_run_learns(tmp_path):
+    out = tmp_path / "amp"
+    assert train_main(["--amp", "bf16", "--timesteps", "2", "--out", str(out), *FAST]) == 0
+    report = _report(out / "tna-ternary-seed0")
+    assert report["config"]["amp"] == "bf16" and report["test_accuracy"]["base"] > 0.3
