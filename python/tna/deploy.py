@@ -7,6 +7,7 @@ rounding); a BatchNorm after a ternary convolution stays, because folding its pe
 ternary scale would break the format's single positive scale per channel when gamma is negative.
 """
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,8 +54,6 @@ def deployable(model: nn.Module) -> nn.Module:
 
 def export_run(run_dir, out_path) -> dict:
     """Write the base network of the finished (or last checkpointed) run in ``run_dir`` to ``out_path``."""
-    from pathlib import Path
-
     from .trainer import build_network
 
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
