@@ -1,8 +1,9 @@
 """Atomic checkpoints, loaded with ``weights_only=True`` and clear errors."""
-import os
 from pathlib import Path
 
 import torch
+
+from .files import write_atomically
 
 CHECKPOINT_FORMAT = 1
 
@@ -12,15 +13,8 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj, path) -> None:
-    """``torch.save`` to a temporary file in the same folder, flushed, then renamed over ``path``: a run killed
-    at any moment leaves either the previous file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`tna.files.write_atomically`)."""
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path, kind: str = "checkpoint") -> dict:

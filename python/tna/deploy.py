@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import tna_kernels.nn as tnn
+
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import load_dataset
@@ -44,12 +46,10 @@ def _fold_all(model: nn.Module) -> int:
 
 def deployable(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded where the math allows and ternary layers frozen."""
-    from .trainer import freeze
-
     deployed = copy.deepcopy(model).eval()
     with torch.no_grad():
         _fold_all(deployed)
-    return freeze(deployed).requires_grad_(False)
+    return tnn.freeze_(deployed).requires_grad_(False)
 
 
 def export_run(run_dir, out_path) -> dict:
@@ -75,7 +75,7 @@ def _structure(model: nn.Module) -> list:
 
 def load_deployed(path):
     """``(model, config)`` from a file written by :func:`export_run`; the model is in eval mode."""
-    from .trainer import build_network, freeze
+    from .trainer import build_network
 
     state = load_checkpoint(path, "model file")
     if state.get("kind") != DEPLOYED_KIND:
@@ -89,7 +89,7 @@ def load_deployed(path):
                                 parent.conv.stride, parent.conv.padding, parent.conv.dilation, parent.conv.groups,
                                 bias=True)
         parent.bn = nn.Identity()
-    freeze(model)
+    tnn.freeze_(model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

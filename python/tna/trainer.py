@@ -23,6 +23,7 @@ import tna_kernels.nn as tnn
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import DataSplits, batches, load_dataset, num_batches
+from .files import write_atomically
 from .losses import accuracy_count, objective, uses_twin
 from .models import Precision, SpikingNetwork, build_model, spiking_layers
 from .sparsity import beta_at, layer_weights, measure_activity, penalty
@@ -55,15 +56,7 @@ def model_bytes(model: nn.Module) -> dict:
         return sum(t.numel() * t.element_size() for k, t in state.items() if not k.endswith("num_batches_tracked"))
 
     fp32 = sum(t.numel() * 4 for k, t in model.state_dict().items() if not k.endswith("num_batches_tracked"))
-    return {"fp32": fp32, "deployed": tensor_bytes(freeze(copy.deepcopy(model)).state_dict())}
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Switch every ternary layer of ``model`` to its packed inference form, in place; returns the model."""
-    for module in model.modules():
-        if isinstance(module, (tnn.TernaryLinear, tnn.TernaryConv2d)):
-            module.freeze()
-    return model
+    return {"fp32": fp32, "deployed": tensor_bytes(tnn.freeze_(copy.deepcopy(model)).state_dict())}
 
 
 @torch.no_grad()
@@ -209,10 +202,8 @@ class Trainer:
             self.history.append(record)
             if self.is_main:
                 save_atomic(self._state(), checkpoint)
-                lines = "".join(json.dumps(r) + "\n" for r in self.history)
-                tmp = self.run_dir / ".metrics.jsonl.tmp"
-                tmp.write_text(lines)
-                tmp.replace(self.run_dir / "metrics.jsonl")
+                lines = "".join(json.dumps(r) + "\n" for r in self.history).encode()
+                write_atomically(self.run_dir / "metrics.jsonl", lambda f: f.write(lines))
         report = self._report()
         if self.is_main:
             write_report(self.run_dir, report, self.history)

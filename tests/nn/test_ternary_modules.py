@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tna_kernels.nn import TernaryConv2d, TernaryLinear, ternarize_
+from tna_kernels.nn import TernaryConv2d, TernaryLinear, freeze_, ternarize_
 from tna_kernels.ops.ternary import FORMAT_VERSION, dequantize, ternarize
 
 
@@ -62,6 +62,20 @@ def test_ternarize_model_skips_first_and_last():
     assert model(torch.randn(2, 3, 6, 6)).shape == (2, 10)
     every = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     assert ternarize_(every, skip_first_last=False) == ["0", "1"]
+
+
+def test_freeze_whole_model_keeps_its_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 16),
+                          nn.Linear(16, 10))
+    ternarize_(model)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        before = model(x)
+        assert freeze_(model) is model
+        after = model(x)
+    assert model[2].frozen and model[4].frozen and not hasattr(model[2], "weight")
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_arguments():

@@ -210,3 +210,12 @@ def ternarize_(model: nn.Module, skip_first_last: bool = True, quantizer: str = 
         kind = TernaryLinear if isinstance(module, nn.Linear) else TernaryConv2d
         setattr(parent, child, kind.from_float(module, quantizer, per_channel, spikes, backend))
     return [name for name, _ in layers]
+
+
+def freeze_(model: nn.Module) -> nn.Module:
+    """Switch every ternary layer of ``model`` to its packed inference form (``freeze()``), in place; returns
+    the model."""
+    for module in model.modules():
+        if isinstance(module, _Ternary):
+            module.freeze()
+    return model

@@ -19,7 +19,6 @@ The binned frames are cached in ``CIFAR10DVS/frames_T{timesteps}_S{size}.pt`` to
 list of recordings they came from; a later load with the same recordings reuses the cache.
 """
 import contextlib
-import os
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..files import write_atomically
 from .base import DataError, DataSplits, resolve_folder
 
 FOLDER = "CIFAR10DVS"
@@ -130,12 +130,9 @@ def _load_cache(path: Path, files: list, shape: tuple):
 
 
 def _save_cache(path: Path, files: list, frames: torch.Tensor) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save({"files": files, "frames": frames}, tmp)
-        os.replace(tmp, path)
+        write_atomically(path, lambda f: torch.save({"files": files, "frames": frames}, f))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write the CIFAR10-DVS frame cache {path} ({err}); the next load "
                       "bins the recordings again", stacklevel=3)
 

@@ -139,7 +139,6 @@ def test_inference_saves_nothing_and_matches(backend):
     assert spikes.grad_fn is None and v.dtype == torch.float32
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_many_chunks_cpp(dtype):
     """Enough neurons for the C++ kernel's largest chunks, several of them, and a ragged last one
@@ -147,7 +146,6 @@ def test_many_chunks_cpp(dtype):
     the chunks' counts."""
     case = LIFCase((5, 3, 7, 41, 43), dtype, params="channel", v_init=True, state_grad=True, count=True)
     compare_case(case, "cpp", seed=37023)
-
 
 @pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
