@@ -20,6 +20,7 @@ setup(
     extras_require={
         "train": TRAIN,
         "dvs": ["tonic", "aedat"],
+        "peers": ["spikingjelly", "snntorch", "norse"],
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "aedat"] + TRAIN,
     },
     entry_points={"console_scripts": [

@@ -1,15 +1,20 @@
 """Benchmark the fused multi-step LIF against the eager reference, its torch.compile, and peers.
 
-CPU: our C++ kernel, the eager reference loop, and ``torch.compile`` of the reference, forward
-(inference) and forward+backward, at [T=16, B=32, 4096], [T=4, B=64, 128x16x16] and T in {4, 8, 16, 32}.
-GPU (when CUDA is present): additionally the Triton kernel and SpikingJelly's ``LIFNode(step_mode='m')``
-with every backend it offers, at [T, 64 x 65536] in float32 and bfloat16, with GB/s counted from the
-minimum bytes moved, next to the measured device copy bandwidth.
+Implementations: our kernel (C++ on CPU, Triton on CUDA), the eager reference loop, ``torch.compile`` of
+the reference, and the peers that are installed (``peers.py``): SpikingJelly's ``LIFNode(step_mode='m')``
+with every backend it offers on the device, snnTorch's ``Leaky`` in a time loop, Norse's ``LIFBox`` and
+``LIF``. Each is checked before it is timed: its spikes must equal ours under the options whose equations
+it shares (a peer that cannot share our equations is timed and marked as such).
+
+Shapes: CPU [T=16, B=32, 4096] (the LIF issue's shape), [T=4, B=64, 128x16x16], T in {4, 8, 32} at
+32x4096 and neuron counts 32x1024 and 32x16384 at T=16, float32 (and bfloat16 at the first shape);
+GPU [T, 64 x 65536] for T in {4, 8, 16, 32}, float32 and bfloat16. Forward is inference
+(``torch.no_grad``); forward+backward uses a random upstream gradient. GB/s counts the minimum bytes moved,
+next to the measured device copy bandwidth. Peak memory is what one call adds to the inputs
+(``common.peak_memory_mib``; on CPU measured in a separate process, and not for ``torch.compile``).
 
 Our kernel is timed twice: as is, and "+ count": also returning the fused spike count, whose penalty
 gradient then joins the backward sweep. The results list the count's overhead (goal: under 5%).
-
-Every implementation is checked equal to the reference (spikes exactly) before it is timed.
 
 On Linux CPUs the script restarts itself with glibc's malloc tuned (see ``common.py``;
 ``--system-malloc`` keeps the default).
@@ -17,18 +22,22 @@ On Linux CPUs the script restarts itself with glibc's malloc tuned (see ``common
     python benchmarks/bench_lif.py            # full run, writes benchmarks/results/lif_<device>.json
     python benchmarks/bench_lif.py --quick    # a short smoke run of every entry
 """
+import json
 import statistics
 import sys
 
 import torch
 
 from common import (
-    device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
+    device_name, git_commit, memory_pass, parse_args, peak_memory_mib, time_ms, timing_rounds, tune_malloc,
+    utc_now, versions, write_results,
 )
+from peers import lif_peers, peer_versions
 from tna_kernels import lif_multistep
 from tna_kernels.ops.lif import lif_multistep_reference
 
-CPU_SHAPES = [(16, 32, 4096), (4, 64, 128, 16, 16)] + [(t, 32, 4096) for t in (4, 8, 32)]
+CPU_SHAPES = ([(16, 32, 4096), (4, 64, 128, 16, 16)] + [(t, 32, 4096) for t in (4, 8, 32)]
+              + [(16, 32, n) for n in (1024, 16384)])
 GPU_SHAPES = [(t, 64 * 65536) for t in (4, 8, 16, 32)]
 
 # Minimum bytes per neuron-step, in units of the element size: forward reads x and writes spikes;
@@ -37,53 +46,52 @@ BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}
 
 # Gradient of the spike count (the weight of a spike-count penalty) in the "+ count" entries.
 COUNT_GRAD = 1e-3
+EAGER = "reference (eager)"
+COMPILED = "reference (torch.compile)"
 
 
-def _implementations(device: str):
-    """name -> function(x) returning spikes, or (spikes, count) for "+ count" (x requires grad for
-    forward+backward).
+def ours_name(device: str) -> str:
+    return "tna C++" if device == "cpu" else "tna Triton"
+
+
+def implementations(device: str, dtype: torch.dtype, compiled: bool = True, counted: bool = True) -> dict:
+    """name -> (function(x) returning spikes, or (spikes, count) for "+ count"; the ``lif_multistep``
+    options whose spikes it must equal, or None for a peer whose equations differ from ours; whether
+    it is a peer).
 
     Call once per shape and dtype: torch.compile of the reference is created afresh (after a dynamo
     reset), so it compiles for exactly that input and never hits the recompilation limit.
     """
-    torch._dynamo.reset()
-    compiled_reference = torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False)
-    impls = {
-        "reference (eager)": lambda x: lif_multistep(x, backend="torch"),
-        "reference (torch.compile)": compiled_reference,
-    }
-    ours = "tna C++" if device == "cpu" else "tna Triton"
-    impls[ours] = lambda x: lif_multistep(x)
-    impls[f"{ours} + count"] = lambda x: lif_multistep(x, return_count=True)
-    if device == "cuda":
-        impls.update(_spikingjelly_impls())
+    impls = {EAGER: (lambda x: lif_multistep(x, backend="torch"), {}, False)}
+    if compiled:
+        torch._dynamo.reset()
+        impls[COMPILED] = (torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False), {}, False)
+    ours = ours_name(device)
+    impls[ours] = (lambda x: lif_multistep(x), {}, False)
+    if counted:
+        impls[f"{ours} + count"] = (lambda x: lif_multistep(x, return_count=True), {}, False)
+    for peer in lif_peers(device, dtype):
+        impls[peer.name] = (peer.run, peer.ours, True)
     return impls
 
 
-def _spikingjelly_impls():
-    try:
-        from spikingjelly.activation_based import neuron, surrogate
-    except ImportError:
-        return {}
-    impls = {}
-    for provider in neuron.LIFNode(step_mode="m").supported_backends:
-        node = neuron.LIFNode(
-            tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
-            surrogate_function=surrogate.ATan(alpha=2.0), step_mode="m", backend=provider,
-        ).cuda()
+def check(impls: dict, x) -> None:
+    """Raise unless each implementation's spikes (and count) equal ``lif_multistep(x, **options)``'s.
 
-        def run(x, node=node):
-            node.reset()
-            return node(x)
-
-        impls[f"SpikingJelly ({provider})"] = run
-    return impls
+    Peers are checked on float32 input: in lower precision their state arithmetic differs from ours. For a
+    lower-precision ``x`` that is a fresh float32 draw, as ``x`` rounded to float32 would put many membranes
+    exactly on the threshold, where peers that fire on ``>`` rightly differ from our ``>=``.
+    """
+    x32 = x if x.dtype == torch.float32 else torch.randn(x.shape, device=x.device) * 1.5 + 1
+    for name, (impl, options, peer) in impls.items():
+        if options is not None:
+            _check(impl, name, options, x32 if peer else x)
 
 
-def _check(impl, name, x):
+def _check(impl, name: str, options: dict, x) -> None:
     with torch.no_grad():
         got = impl(x)
-        want = lif_multistep(x, backend="torch")
+        want = lif_multistep(x, backend="torch", **options)
     if not torch.is_tensor(got):
         got, count = got
         if count.item() != want.double().sum().item():
@@ -96,66 +104,108 @@ def _check(impl, name, x):
 def _backward(outputs, grad, count_grad):
     """Backward the spikes' gradient, and ``count_grad`` into the count when ``outputs`` has one."""
     if torch.is_tensor(outputs):
-        outputs.backward(grad)
+        outputs.backward(grad.to(outputs.dtype))
     else:
         torch.autograd.backward(list(outputs), [grad, count_grad])
 
 
-def bench(device: str, jobs, quick: bool):
-    """Time every implementation on each ``(shape, dtype)`` of ``jobs``; returns one row per measurement."""
+def _entries(impls: dict, x, grad, count_grad) -> list:
+    """(implementation, mode, function) for every implementation in both modes."""
+    entries = []
+    for name, (impl, _, _) in impls.items():
+        leaf = x.detach().requires_grad_(True)
+
+        def forward(impl=impl):
+            with torch.no_grad():
+                impl(x)
+
+        def forward_backward(impl=impl, leaf=leaf):
+            _backward(impl(leaf), grad, count_grad)
+            leaf.grad = None
+
+        entries += [(name, "forward", forward), (name, "forward+backward", forward_backward)]
+    return entries
+
+
+def _inputs(shape, dtype, device):
+    x = (torch.randn(shape, device=device) * 1.5 + 1).to(dtype)
+    grad = torch.randn(shape, device=device).to(dtype)
+    return x, grad, torch.tensor(COUNT_GRAD, device=device)
+
+
+def _jobs(device: str, quick: bool) -> list:
+    if device == "cpu":  # bfloat16 on the first shape only
+        jobs = [(shape, torch.float32) for shape in CPU_SHAPES] + [(CPU_SHAPES[0], torch.bfloat16)]
+    else:
+        jobs = [(shape, dtype) for shape in GPU_SHAPES for dtype in (torch.float32, torch.bfloat16)]
+    return [job for job in jobs if job[0] == jobs[0][0]] if quick else jobs
+
+
+def _key(name, shape, dtype, mode) -> str:
+    return "|".join([name, "x".join(map(str, shape)), str(dtype).removeprefix("torch."), mode])
+
+
+def measure_memory(device: str, quick: bool) -> dict:
+    """``_key`` -> peak MiB of one call, for every implementation but torch.compile, on every job."""
+    peaks = {}
+    for shape, dtype in _jobs(device, quick):
+        x, grad, count_grad = _inputs(shape, dtype, device)
+        for name, mode, fn in _entries(implementations(device, dtype, compiled=False), x, grad, count_grad):
+            fn()
+            peaks[_key(name, shape, dtype, mode)] = peak_memory_mib(fn, device)
+    return peaks
+
+
+def bench(device: str, jobs, quick: bool, peaks: dict):
+    """Time every implementation on each ``(shape, dtype)`` of ``jobs``; returns one row per measurement.
+
+    ``peaks`` holds the CPU peak memory from ``measure_memory`` (on GPU it is measured here).
+    """
     from tqdm import tqdm
 
     rows = []
     for shape, dtype in tqdm(jobs, desc=f"LIF on {device}", file=sys.stderr):
-        impls = _implementations(device)
-        x = (torch.randn(shape, device=device) * 1.5 + 1).to(dtype)
-        grad = torch.randn(shape, device=device).to(dtype)
-        count_grad = torch.tensor(COUNT_GRAD, device=device)
-        entries = []  # (implementation, mode, function)
-        for name, impl in impls.items():
-            _check(impl, name, x)
-            leaf = x.detach().requires_grad_(True)
-
-            def forward(impl=impl):
-                with torch.no_grad():
-                    impl(x)
-
-            def forward_backward(impl=impl, leaf=leaf):
-                _backward(impl(leaf), grad, count_grad)
-                leaf.grad = None
-
-            entries += [(name, "forward", forward), (name, "forward+backward", forward_backward)]
+        impls = implementations(device, dtype)
+        x, grad, count_grad = _inputs(shape, dtype, device)
+        check(impls, x)
+        entries = _entries(impls, x, grad, count_grad)
         times = {(name, mode): [] for name, mode, _ in entries}
-        peak = {}
         for _ in range(timing_rounds(device, quick)):
             for name, mode, fn in entries:
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
                 times[name, mode].append(time_ms(fn, device, quick))
-                if device == "cuda":
-                    peak[name, mode] = torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda":
+            peaks.update({_key(name, shape, dtype, mode): peak_memory_mib(fn, device) for name, mode, fn in entries})
         for (name, mode), ms_list in times.items():
             ms = statistics.median(ms_list)
-            row = dict(impl=name, shape=list(shape), dtype=str(dtype).removeprefix("torch."), mode=mode, ms=ms)
+            row = dict(impl=name, shape=list(shape), dtype=str(dtype).removeprefix("torch."), mode=mode, ms=ms,
+                       same_equations=impls[name][1] is not None,
+                       peak_MiB=peaks.get(_key(name, shape, dtype, mode)))
             row["GB/s"] = BYTES_PER_ELEMENT[mode] * x.numel() * x.element_size() / ms / 1e6
-            if device == "cuda":
-                row["peak_MiB"] = peak[name, mode]
             rows.append(row)
     for row in rows:
-        eager = next(
-            r["ms"] for r in rows
-            if r["impl"] == "reference (eager)" and r["shape"] == row["shape"] and r["dtype"] == row["dtype"]
-            and r["mode"] == row["mode"]
-        )
-        row["speedup_vs_eager"] = eager / row["ms"]
+        group = [r for r in rows if (r["shape"], r["dtype"], r["mode"]) == (row["shape"], row["dtype"], row["mode"])]
+        row["speedup_vs_eager"] = next(r["ms"] for r in group if r["impl"] == EAGER) / row["ms"]
         if row["impl"].endswith(" + count"):
-            plain = next(
-                r["ms"] for r in rows
-                if r["impl"] == row["impl"].removesuffix(" + count") and r["shape"] == row["shape"]
-                and r["dtype"] == row["dtype"] and r["mode"] == row["mode"]
-            )
+            plain = next(r["ms"] for r in group if r["impl"] == row["impl"].removesuffix(" + count"))
             row["count_overhead"] = row["ms"] / plain - 1
     return rows
+
+
+def fastest(result) -> list:
+    """One line per (shape, dtype, mode): the fastest implementation, and whether it is ours."""
+    ours = ours_name("cpu" if result["device_kind"] == "cpu" else "cuda")
+    lines = []
+    groups = {}
+    for r in result["rows"]:
+        groups.setdefault(("x".join(map(str, r["shape"])), r["dtype"], r["mode"]), []).append(r)
+    for (shape, dtype, mode), group in groups.items():
+        best = min(group, key=lambda r: r["ms"])
+        plain = next(r for r in group if r["impl"] == ours)
+        others = min((r for r in group if not r["impl"].startswith(ours)), key=lambda r: r["ms"])
+        verdict = "ours" if best["impl"].startswith(ours) else best["impl"]
+        lines.append(f"- {shape} {dtype} {mode}: fastest {verdict}; {ours} {plain['ms']:.3f} ms vs the fastest "
+                     f"other entry ({others['impl']}) {others['ms']:.3f} ms = {others['ms'] / plain['ms']:.2f}x")
+    return lines
 
 
 def copy_bandwidth_gbps(device: str, quick: bool) -> float:
@@ -170,52 +220,50 @@ def copy_bandwidth_gbps(device: str, quick: bool) -> float:
 def markdown(result) -> str:
     lines = [
         f"LIF on {result['device']} (copy bandwidth {result['copy_GBps']:.0f} GB/s), "
-        f"torch {result['versions']['torch']}, commit {result['commit']}, {result['date']}",
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+        + f", commit {result['commit']}, {result['date']}",
         f"malloc: {result.get('malloc', 'system default')}",
         "",
-        "| shape | dtype | mode | implementation | time (ms) | GB/s | vs eager |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| shape | dtype | mode | implementation | time (ms) | GB/s | vs eager | peak memory (MiB) |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         shape = "x".join(map(str, r["shape"]))
-        lines.append(
-            f"| {shape} | {r['dtype']} | {r['mode']} | {r['impl']} | {r['ms']:.3f} | {r['GB/s']:.1f} | "
-            f"{r['speedup_vs_eager']:.1f}x |"
-        )
+        name = r["impl"] if r["same_equations"] else r["impl"] + " (other equations)"
+        peak = "-" if r.get("peak_MiB") is None else f"{r['peak_MiB']:.1f}"
+        lines.append(f"| {shape} | {r['dtype']} | {r['mode']} | {name} | {r['ms']:.3f} | {r['GB/s']:.1f} | "
+                     f"{r['speedup_vs_eager']:.1f}x | {peak} |")
+    lines += ["", "Fastest entry per shape:", ""] + fastest(result)
     counted = [r for r in result["rows"] if "count_overhead" in r]
     if counted:
         lines += ["", "Overhead of the fused spike count (count returned, its penalty gradient in the backward):", ""]
     for r in counted:
         shape = "x".join(map(str, r["shape"]))
         lines.append(f"- {shape} {r['dtype']} {r['mode']}: {100 * r['count_overhead']:+.1f}%")
+    notes = result.get("peer_notes", {})
+    if notes:
+        lines += ["", "Peers:", ""] + [f"- {name}: {note}" for name, note in notes.items()]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     args = parse_args(__doc__.splitlines()[0], "lif", argv)
+    if args.memory_worker:
+        print(json.dumps(measure_memory(args.device, args.quick)))
+        return
     malloc = tune_malloc(__file__, args, argv)
-    if args.device == "cpu":  # bfloat16 on the first shape only
-        jobs = [(shape, torch.float32) for shape in CPU_SHAPES] + [(CPU_SHAPES[0], torch.bfloat16)]
-    else:
-        jobs = [(shape, dtype) for shape in GPU_SHAPES for dtype in (torch.float32, torch.bfloat16)]
-    if args.quick:
-        jobs = [job for job in jobs if job[0] == jobs[0][0]]
-    library_versions = versions()
-    try:
-        import spikingjelly
-
-        library_versions["spikingjelly"] = getattr(spikingjelly, "__version__", "installed")
-    except ImportError:
-        pass
+    peaks = memory_pass(__file__, args)
     result = dict(
         benchmark="lif",
         device=device_name(args.device),
-        versions=library_versions,
+        device_kind=args.device,
+        versions={**versions(), **peer_versions()},
         commit=git_commit(),
         date=utc_now(),
         malloc=malloc,
         copy_GBps=copy_bandwidth_gbps(args.device, args.quick),
-        rows=bench(args.device, jobs, args.quick),
+        peer_notes={peer.name: peer.note for peer in lif_peers(args.device, torch.float32)},
+        rows=bench(args.device, _jobs(args.device, args.quick), args.quick, peaks),
     )
     write_results("lif", result, markdown(result), args)
 

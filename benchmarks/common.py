@@ -7,6 +7,7 @@ kernels themselves, for every implementation alike. ``--system-malloc`` keeps th
 """
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -23,6 +24,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # glibc malloc settings for CPU runs: serve every allocation from the heap and never trim it.
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+# glibc malloc settings for CPU memory measurements: every block of 64 KiB or more is its own mapping,
+# returned to the OS when freed, so the resident set size follows the live tensors page by page.
+MALLOC_MEASURE = {"MALLOC_MMAP_THRESHOLD_": str(2**16)}
 
 
 def parse_args(description: str, benchmark: str, argv=None) -> argparse.Namespace:
@@ -33,6 +37,7 @@ def parse_args(description: str, benchmark: str, argv=None) -> argparse.Namespac
     parser.add_argument("--out", type=Path, default=None,
                         help=f"JSON path (default benchmarks/results/{benchmark}_<device>.json)")
     parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default malloc settings on CPU")
+    parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -40,7 +45,8 @@ def tune_malloc(script: str, args: argparse.Namespace, argv=None) -> str:
     """Restart ``script`` with ``MALLOC_TUNING`` in its environment for a Linux CPU run (unless
     ``--system-malloc`` or already tuned); returns the malloc setting in force, for the results."""
     tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
-    if args.device == "cpu" and not args.system_malloc and not tuned and platform.system() == "Linux":
+    if (args.device == "cpu" and not args.system_malloc and not args.memory_worker and not tuned
+            and platform.system() == "Linux"):
         argv = sys.argv[1:] if argv is None else list(argv)
         os.execve(sys.executable, [sys.executable, str(Path(script).resolve()), *argv], {**os.environ, **MALLOC_TUNING})
     return "glibc, freed memory kept (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_)" if tuned else "system default"
@@ -113,3 +119,46 @@ def write_results(benchmark: str, result: dict, markdown: str, args: argparse.Na
     out.with_suffix(".md").write_text(markdown)
     print(markdown)
     print(f"wrote {out}", file=sys.stderr)
+
+
+def _proc_status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def peak_memory_mib(fn, device: str) -> float:
+    """Peak memory that one call of ``fn`` adds to what is allocated before it, in MiB.
+
+    GPU: ``torch.cuda.max_memory_allocated`` over the call. CPU (Linux): the growth of the peak resident
+    set size over the call (``VmHWM`` after resetting it through ``/proc/self/clear_refs``); exact for
+    tensors only in a process started with ``MALLOC_MEASURE`` in its environment (see ``memory_pass``).
+    """
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _proc_status_bytes("VmRSS")
+    fn()
+    return (_proc_status_bytes("VmHWM") - before) / 2**20
+
+
+def memory_pass(script: str, args: argparse.Namespace) -> dict:
+    """Run ``script --memory-worker`` (same ``--device`` and ``--quick``) and return the JSON it prints.
+
+    On a CPU the worker runs with ``MALLOC_MEASURE`` so that ``peak_memory_mib`` counts tensors; on Linux
+    only (elsewhere, and on GPU, an empty dict: GPU peaks are taken in the timing process itself).
+    """
+    if args.device != "cpu" or platform.system() != "Linux":
+        return {}
+    command = [sys.executable, str(Path(script).resolve()), "--device", "cpu", "--memory-worker"]
+    command += ["--quick"] if args.quick else []
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_TUNING}
+    output = subprocess.run(command, env={**env, **MALLOC_MEASURE}, check=True, capture_output=True, text=True)
+    return json.loads(output.stdout.strip().splitlines()[-1])

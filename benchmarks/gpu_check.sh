@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU step in one script, for the lent GPU machine (PyTorch and Triton preinstalled, no registry):
-# install the package, run the GPU tests, run the GPU benchmarks, and leave logs and JSON under $OUT.
-# Optional wheels (e.g. spikingjelly, for side-by-side numbers) travel in .whl/ (see the device README).
+# install the package, run the GPU tests, run every GPU benchmark (python -m benchmarks --device cuda),
+# and copy the logs, JSON, tables and plots to $OUT.
+# Optional wheels (the peers, for side-by-side numbers: spikingjelly, snntorch, norse, nir, nirtorch,
+# loguru; `pip wheel --no-deps -w .whl ...` here) travel in .whl/, named in the device tool's carry.
 set -uo pipefail
-OUT=${OUT:-benchmarks/results}
+OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -13,6 +15,6 @@ fi
 pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$OUT/device.txt"
 python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.log"
-python benchmarks/bench_lif.py --device cuda --out "$OUT/lif_cuda.json" 2>&1 | tee "$OUT/bench_lif.log"
-python benchmarks/bench_ternary.py --device cuda --out "$OUT/ternary_cuda.json" 2>&1 | tee "$OUT/bench_ternary.log"
-python benchmarks/bench_train_step.py --device cuda --out "$OUT/train_step_cuda.json" 2>&1 | tee "$OUT/bench_train_step.log"
+python -m benchmarks --device cuda 2>&1 | tee "$OUT/benchmarks.log"
+cp benchmarks/results/*_cuda-* "$OUT/" 2>/dev/null
+cp README.md "$OUT/README.generated.md"

@@ -1,11 +1,11 @@
 """tna-kernels: fused kernels for spiking neural networks (C++ on CPU, Triton on CUDA)."""
-from . import nn
+from . import convert, nn
 from ._ext import build_extensions
 from .ops.lif import lif_multistep
 from .ops.ternary import pack_ternary, ternarize, ternary_conv2d, ternary_linear, unpack_ternary
 
 __version__ = "0.1.0"
 __all__ = [
-    "lif_multistep", "nn", "build_extensions", "pack_ternary", "ternarize", "ternary_conv2d", "ternary_linear",
-    "unpack_ternary", "__version__",
+    "convert", "lif_multistep", "nn", "build_extensions", "pack_ternary", "ternarize", "ternary_conv2d",
+    "ternary_linear", "unpack_ternary", "__version__",
 ]

@@ -1,0 +1,73 @@
+"""The README's generated performance section and the benchmark plots, from small made-up results."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import report  # noqa: E402
+
+HEADER = dict(device="Test CPU (2 threads)", device_kind="cpu", versions={"torch": "9.9"}, commit="abc1234",
+              date="2026-01-01T00:00:00+00:00")
+
+
+def _lif_rows():
+    rows = []
+    times = {"reference (eager)": 10.0, "tna C++": 2.0, "Peer": 4.0}
+    for shape in ([16, 32, 4096], [4, 32, 4096], [16, 32, 1024]):
+        for name, ms in times.items():
+            scale = shape[0] * shape[2] / (16 * 4096)
+            rows.append(dict(impl=name, shape=shape, dtype="float32", mode="forward+backward", ms=ms * scale,
+                             same_equations=name != "Peer", peak_MiB=8.0, **{"GB/s": 1.0}))
+    return rows
+
+
+def _write(directory: Path, name: str, result: dict, markdown: str = "title\n| a |\n") -> None:
+    (directory / f"{name}.json").write_text(json.dumps(result))
+    (directory / f"{name}.md").write_text(markdown)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    directory = tmp_path / "results"
+    directory.mkdir()
+    _write(directory, "lif_cpu-test", dict(HEADER, benchmark="lif", rows=_lif_rows(), peer_notes={"Peer": "differs"}))
+    on_rows = [dict(impl=name, n=n, timesteps=100, batch=16, same_equations=True, forward_ms=ms * n,
+                    backward_ms=ms * n, total_ms=2 * ms * n, peak_MiB=n / 100)
+               for n in (4096, 8192) for name, ms in (("reference (eager)", 2.0), ("tna C++", 1.0))]
+    _write(directory, "open_neuromorphic_cpu-test",
+           dict(HEADER, benchmark="open_neuromorphic", settings={"timesteps": 100, "batch": 16}, rows=on_rows))
+    _write(directory, "ternary_cpu-test", dict(HEADER, benchmark="ternary"), "title line\n| ternary table |\n")
+    _write(directory, "ternary_cpu-test_quick", dict(HEADER, benchmark="ternary"), "title\n| quick table |\n")
+    monkeypatch.setattr(report, "RESULTS", directory)
+    return directory
+
+
+def test_render_rewrites_only_the_generated_section(results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nkept above\n\n{report.BEGIN}\nstale numbers\n{report.END}\n\nkept below\n")
+    report.render(readme)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nkept above\n\n") and text.endswith("\n\nkept below\n")
+    assert "stale numbers" not in text
+    generated = text.split(report.BEGIN)[1].split(report.END)[0]
+    assert "| ternary table |" in generated and "quick table" not in generated
+    assert "Peer (other equations)" in generated and "- Peer: differs" in generated
+    # the fastest entry of each row is bold: ours at 2.000 ms on the first shape
+    assert "| 16x32x4096 | float32 | forward+backward | 10.000 | **2.000** | 4.000 |" in generated
+    assert "No GPU results are committed yet" in generated
+    for name in ("lif_cpu-test_T.png", "lif_cpu-test_neurons.png", "lif_cpu-test_memory.png",
+                 "open_neuromorphic_cpu-test_n.png"):
+        assert (results / name).stat().st_size > 1000
+        assert f"(benchmarks/results/{name})" in generated
+    report.render(readme)
+    assert readme.read_text() == text
+
+
+def test_render_refuses_a_readme_without_markers(results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n")
+    with pytest.raises(SystemExit, match="no generated performance section"):
+        report.render(readme)
