@@ -178,7 +178,7 @@ def bench(device: str, jobs, quick: bool, peaks: dict):
         for (name, mode), ms_list in times.items():
             ms = statistics.median(ms_list)
             row = dict(impl=name, shape=list(shape), dtype=str(dtype).removeprefix("torch."), mode=mode, ms=ms,
-                       same_equations=impls[name][1] is not None,
+                       round_ms=ms_list, same_equations=impls[name][1] is not None,
                        peak_MiB=peaks.get(_key(name, shape, dtype, mode)))
             row["GB/s"] = BYTES_PER_ELEMENT[mode] * x.numel() * x.element_size() / ms / 1e6
             rows.append(row)
@@ -186,8 +186,10 @@ def bench(device: str, jobs, quick: bool, peaks: dict):
         group = [r for r in rows if (r["shape"], r["dtype"], r["mode"]) == (row["shape"], row["dtype"], row["mode"])]
         row["speedup_vs_eager"] = next(r["ms"] for r in group if r["impl"] == EAGER) / row["ms"]
         if row["impl"].endswith(" + count"):
-            plain = next(r["ms"] for r in group if r["impl"] == row["impl"].removesuffix(" + count"))
-            row["count_overhead"] = row["ms"] / plain - 1
+            # paired by round (the two are timed one after the other), so a slow spell cancels out
+            plain = next(r for r in group if r["impl"] == row["impl"].removesuffix(" + count"))
+            row["count_overhead"] = statistics.median(
+                counted / alone for counted, alone in zip(row["round_ms"], plain["round_ms"])) - 1
     return rows
 
 
@@ -236,7 +238,8 @@ def markdown(result) -> str:
     lines += ["", "Fastest entry per shape:", ""] + fastest(result)
     counted = [r for r in result["rows"] if "count_overhead" in r]
     if counted:
-        lines += ["", "Overhead of the fused spike count (count returned, its penalty gradient in the backward):", ""]
+        lines += ["", "Overhead of the fused spike count (count returned, its penalty gradient in the backward; the "
+                  "median over the timing rounds of the time with the count over the time without it):", ""]
     for r in counted:
         shape = "x".join(map(str, r["shape"]))
         lines.append(f"- {shape} {r['dtype']} {r['mode']}: {100 * r['count_overhead']:+.1f}%")

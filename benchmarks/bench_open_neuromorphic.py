@@ -9,12 +9,14 @@ times 2); before timing, each one's spikes on the linear layer's output are chec
 (peers under the options whose equations they share; a peer that cannot share them is marked).
 
 The backward time is the median forward+backward time minus the median forward time. On a CPU the
+implementations are timed in turn over several rounds, so that a slow spell of a shared machine does not
+fall on one of them only. On a CPU the
 process runs with glibc's malloc returning every block of 64 KiB or more to the OS (``MALLOC_MEASURE``),
 so that the resident set size measures peak memory; the linear layer dominates the time, and the page
 faults this costs are a small part of it.
 
     python benchmarks/bench_open_neuromorphic.py           # writes benchmarks/results/open_neuromorphic_<device>.json
-    python benchmarks/bench_open_neuromorphic.py --quick   # n = 4096 only, one repetition
+    python benchmarks/bench_open_neuromorphic.py --quick   # n = 4096 only, one round
 """
 import os
 import platform
@@ -34,25 +36,24 @@ from peers import peer_versions
 
 SIZES = (4096, 8192, 16384)
 SETTINGS = {"cpu": {"timesteps": 100, "batch": 16}, "cuda": {"timesteps": 500, "batch": 16}}
-CPU_REPEATS = {4096: 3, 8192: 2, 16384: 1}
-"""CPU timing repetitions per n (after a warm-up call): a forward at n = 16384 and T = 100 takes seconds."""
+CPU_REPEATS = {4096: 5, 8192: 3, 16384: 3}
+"""CPU timing rounds per n: a forward+backward at n = 16384 and T = 100 takes seconds."""
 
 
-def repeat_ms(fn, device: str, n: int, quick: bool) -> float:
-    """Median time of ``fn`` in ms: ``common.time_ms`` on GPU; on CPU a few repetitions (the peak memory
-    call before them is the warm-up: a call here takes from a tenth of a second to several seconds)."""
-    if device == "cuda":
-        return time_ms(fn, device, quick)
-    times = []
-    for _ in range(1 if quick else CPU_REPEATS[n]):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def call_ms(fn) -> float:
+    """Wall time of one call of ``fn`` in ms (CPU)."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def bench_size(device: str, n: int, quick: bool) -> list:
-    """Rows for every implementation at ``n`` neurons."""
+    """Rows for every implementation at ``n`` neurons.
+
+    On GPU each function is timed by ``common.time_ms``. On CPU a call takes from a tenth of a second to
+    several seconds: the implementations are timed in turn, one call of each function per round, over
+    ``CPU_REPEATS[n]`` rounds (the peak-memory call before them is the warm-up), and each keeps its median.
+    """
     setting = SETTINGS[device]
     torch.manual_seed(0)
     linear = torch.nn.Linear(n, n, device=device)
@@ -61,20 +62,29 @@ def bench_size(device: str, n: int, quick: bool) -> list:
     with torch.no_grad():
         check(impls, linear(x))
     grad = torch.randn(setting["timesteps"], setting["batch"], n, device=device)
-    rows = []
-    for name, (lif, options, _) in impls.items():
+    functions, peaks = {}, {}
+    for name, (lif, _, _) in impls.items():
         def forward(lif=lif):
             return lif(linear(x))
 
-        def forward_backward(lif=lif):
-            forward(lif).backward(grad)
+        def forward_backward(forward=forward):
+            forward().backward(grad)
             linear.zero_grad(set_to_none=True)
 
-        peak = peak_memory_mib(forward_backward, device)
-        forward_ms = repeat_ms(forward, device, n, quick)
-        both_ms = repeat_ms(forward_backward, device, n, quick)
-        rows.append(dict(impl=name, n=n, **setting, same_equations=options is not None, forward_ms=forward_ms,
-                         backward_ms=both_ms - forward_ms, total_ms=both_ms, peak_MiB=peak))
+        functions[name] = (forward, forward_backward)
+        peaks[name] = peak_memory_mib(forward_backward, device)
+    times = {name: ([], []) for name in impls}
+    rounds = 1 if quick or device == "cuda" else CPU_REPEATS[n]
+    for _ in range(rounds):
+        for name, pair in functions.items():
+            for fn, found in zip(pair, times[name]):
+                found.append(time_ms(fn, device, quick) if device == "cuda" else call_ms(fn))
+    rows = []
+    for name, (forward_times, both_times) in times.items():
+        forward_ms, both_ms = statistics.median(forward_times), statistics.median(both_times)
+        rows.append(dict(impl=name, n=n, **setting, same_equations=impls[name][1] is not None,
+                         forward_ms=forward_ms, backward_ms=both_ms - forward_ms, total_ms=both_ms,
+                         peak_MiB=peaks[name]))
     eager = next(r for r in rows if r["impl"] == EAGER)
     for row in rows:
         row["speedup_vs_eager"] = eager["total_ms"] / row["total_ms"]

@@ -68,8 +68,14 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str:
+    """The short commit hash, with "+dirty" when tracked files differ from it (results excepted)."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=RESULTS.parent).strip()
+        def git(*args):
+            return subprocess.check_output(["git", *args], text=True, cwd=RESULTS.parent).strip()
+
+        changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+                   if "benchmarks/results/" not in line and "README.md" not in line]
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -4,8 +4,9 @@ Each :class:`Peer` runs a neuron over ``x`` ``[T, *]`` from a fresh state (the s
 call) and returns its spikes ``[T, *]``. ``ours`` holds the ``tna_kernels.lif_multistep`` options whose
 equations the peer shares (``{}``: our defaults, tau=2, v_threshold=1, v_reset=0, decay_input=True, atan
 with alpha=2), so the benchmark can time our LIF under the same equations and check that the spikes are
-equal first; ``note`` says, in one line, how the peer is set and what differs (a peer that fires on
-``v > v_threshold`` where we fire on ``>=`` differs only on exact ties).
+equal first; ``note`` says, in one line, how the peer is set and what differs. A peer that fires on
+``v > v_threshold`` where we fire on ``>=`` differs from our equations only on exact ties; its ``ours``
+sets ``v_threshold`` to ``ABOVE_V_THRESHOLD``, with which the spikes are equal even there.
 
 Verified on CPU with float32 input (``tests/test_peer_mappings.py`` and ``tests/test_convert.py`` hold the
 same mappings): spikes equal and input gradients equal to rounding, for every peer below.
@@ -19,6 +20,10 @@ import torch
 
 TAU = 2.0
 V_THRESHOLD = 1.0
+# The float32 number just above V_THRESHOLD. snnTorch and Norse fire on v > threshold where we fire on
+# v >= threshold; with a hard reset the threshold enters only that comparison, so our LIF with this
+# threshold fires exactly where they do (float32 membranes), and the spikes can be checked for equality.
+ABOVE_V_THRESHOLD = torch.nextafter(torch.tensor(V_THRESHOLD), torch.tensor(2 * V_THRESHOLD)).item()
 V_RESET = 0.0
 ATAN_ALPHA = 2.0
 
@@ -132,7 +137,7 @@ def _snntorch(device: str) -> list:
             spikes.append(spk)
         return torch.stack(spikes)
 
-    ours = dict(decay_input=False, detach_reset=True)
+    ours = dict(decay_input=False, detach_reset=True, v_threshold=ABOVE_V_THRESHOLD)
     note = ("Leaky(beta=0.5, reset_mechanism='zero', reset_delay=True, atan(2)) = ours with decay_input=False, "
             "detach_reset=True; fires on h > threshold (ours >=: differs only on exact ties)")
     return [Peer("snnTorch Leaky (Python loop)", run, ours, note)]
@@ -166,7 +171,7 @@ def _norse(device: str) -> list:
                             v_th=scalar(V_THRESHOLD), v_reset=scalar(V_RESET), method="super", alpha=scalar(1.0)),
         dt=1.0,
     )
-    ours = dict(surrogate="fast_sigmoid", alpha=1.0)
+    ours = dict(surrogate="fast_sigmoid", alpha=1.0, v_threshold=ABOVE_V_THRESHOLD)
     ties = "fires on v > v_th (ours >=: differs only on exact ties)"
     return [
         Peer("Norse LIFBoxCell (lifted)", lambda x: box(x)[0], ours,

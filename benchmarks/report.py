@@ -8,6 +8,7 @@ tables and links to the plots and full tables. Nothing in that part is typed by 
     python -m benchmarks --readme-only      # what this module does, without running a benchmark
 """
 import json
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,6 +78,7 @@ def _plot_lif(path: Path, result) -> list:
             axes.plot(*zip(*points), marker="o", label=name)
         axes.set(xscale="log", yscale="log", xlabel=label, ylabel="forward+backward time (ms)",
                  title=f"LIF forward+backward, float32, on {result['device']}")
+        _label_points(axes, sorted({x_of(r) for r in sweep}))
         axes.legend(fontsize=7)
         written.append(_save(figure, path, what))
     measured = [r for r in rows if r["shape"] == first and r.get("peak_MiB") is not None]
@@ -102,11 +104,19 @@ def _plot_open_neuromorphic(path: Path, result) -> list:
         memory_axes.plot([r["n"] for r in rows], [r["peak_MiB"] for r in rows], marker="o", label=name)
     time_axes.set(xscale="log", yscale="log", xlabel="n", ylabel="forward+backward time (ms)")
     memory_axes.set(xscale="log", yscale="log", xlabel="n", ylabel="peak memory (MiB)")
+    for axes in (time_axes, memory_axes):
+        _label_points(axes, sorted({r["n"] for r in result["rows"]}))
     time_axes.legend(fontsize=7)
     settings = result["settings"]
     figure.suptitle(f"Linear(n -> n) + LIF, batch {settings['batch']}, T = {settings['timesteps']}, "
                     f"on {result['device']}")
     return [_save(figure, path, "n")]
+
+
+def _label_points(axes, values) -> None:
+    """Tick a log x axis at exactly ``values``, written out in full."""
+    axes.set_xticks(values, [str(v) for v in values])
+    axes.minorticks_off()
 
 
 def _numel(dims) -> int:
@@ -145,13 +155,34 @@ def _lif_section(path: Path, result) -> list:
             for r in result["rows"]]
     lines += _pivot(rows, ["shape", "dtype", "mode"], lambda r: (_shape(r), r["dtype"], r["mode"]),
                     lambda r: r["ms"], lambda v: f"{v:.3f}")
-    from bench_lif import fastest
+    from bench_lif import fastest, ours_name
 
-    lines += ["", "Our kernel against the fastest other entry:", ""] + fastest(result) + [""]
+    lines += ["", _lif_summary(result["rows"], ours_name(result["device_kind"])), "",
+              "Our kernel against the fastest other entry:", ""] + fastest(result) + [""]
+    counted = [r for r in result["rows"] if "count_overhead" in r and r["mode"] == "forward+backward"]
+    if counted:
+        median = statistics.median(r["count_overhead"] for r in counted)
+        lines += ["Overhead of the fused spike count in forward+backward (the sparsity issue's goal: under 5%), "
+                  "per shape: " + ", ".join(f"{_shape(r)} {r['dtype']} {100 * r['count_overhead']:+.1f}%"
+                                           for r in counted) + f"; median {100 * median:+.1f}%.", ""]
     notes = result.get("peer_notes", {})
     if notes:
         lines += ["Peers:", ""] + [f"- {name}: {note}" for name, note in notes.items()] + [""]
     return lines + _images(_plot_lif(path, result))
+
+
+def _lif_summary(rows, ours: str) -> str:
+    """How many shapes our kernel (with or without the count) is the fastest entry at, per mode."""
+    counts = []
+    for mode in ("forward+backward", "forward"):
+        groups = {}
+        for r in rows:
+            if r["mode"] == mode:
+                groups.setdefault((_shape(r), r["dtype"]), []).append(r)
+        won = sum(min(group, key=lambda r: r["ms"])["impl"].startswith(ours) for group in groups.values())
+        if groups:
+            counts.append(f"{mode} at {won} of {len(groups)} shapes")
+    return f"{ours} is the fastest entry in " + ", and in ".join(counts) + "."
 
 
 def _open_neuromorphic_section(path: Path, result) -> list:

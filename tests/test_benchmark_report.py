@@ -21,6 +21,7 @@ def _lif_rows():
             scale = shape[0] * shape[2] / (16 * 4096)
             rows.append(dict(impl=name, shape=shape, dtype="float32", mode="forward+backward", ms=ms * scale,
                              same_equations=name != "Peer", peak_MiB=8.0, **{"GB/s": 1.0}))
+        rows.append(dict(rows[-2], impl="tna C++ + count", count_overhead=0.01 * shape[0]))
     return rows
 
 
@@ -57,6 +58,8 @@ def test_render_rewrites_only_the_generated_section(results, tmp_path):
     assert "Peer (other equations)" in generated and "- Peer: differs" in generated
     # the fastest entry of each row is bold: ours at 2.000 ms on the first shape
     assert "| 16x32x4096 | float32 | forward+backward | 10.000 | **2.000** | 4.000 |" in generated
+    assert "tna C++ is the fastest entry in forward+backward at 3 of 3 shapes." in generated
+    assert "16x32x4096 float32 +16.0%, 4x32x4096 float32 +4.0%, 16x32x1024 float32 +16.0%; median +16.0%" in generated
     assert "No GPU results are committed yet" in generated
     for name in ("lif_cpu-test_T.png", "lif_cpu-test_neurons.png", "lif_cpu-test_memory.png",
                  "open_neuromorphic_cpu-test_n.png"):
