@@ -3,7 +3,7 @@
 # install the package, run the GPU tests, run every GPU benchmark (python -m benchmarks --device cuda),
 # and copy the logs, JSON, tables and plots to $OUT.
 # Optional wheels (the peers, for side-by-side numbers: spikingjelly, snntorch, norse, nir, nirtorch,
-# loguru; `pip wheel --no-deps -w .whl ...` here) travel in .whl/, named in the device tool's carry.
+# loguru, h5py; `pip wheel --no-deps -w .whl ...` here) travel in .whl/, named in the device tool's carry.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
