@@ -1,7 +1,8 @@
 """Benchmark the ternary-weight linear and conv2d kernels against dense F.linear and F.conv2d.
 
-CPU: ``ternary_linear`` (C++) at K = N = 4096, M in {16, 256, 2048}, on spike input (0/1 float32,
-20 % ones, ``spikes=True``) and on real-valued float32 input, against ``F.linear`` with the same
+CPU: ``ternary_linear`` (C++) at K = N = 4096, M in {1, 16, 256, 2048}, on spike input (0/1 float32,
+20 % ones, ``spikes=True``; also given the weight's cached bit-planes, as a frozen module runs it) and on
+real-valued float32 input, against ``F.linear`` with the same
 weight dequantized to float32, and in bfloat16 (weight and input); and ``ternary_conv2d`` on the
 spikes of a spiking ResNet layer (input [64, 128, 16, 16] with T*B folded, 3x3 conv 128 -> 128,
 padding 1) against ``F.conv2d`` in float32 and bfloat16.
@@ -35,8 +36,9 @@ from common import (
     device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
 )
 from tna_kernels.ops.ternary import dequantize, ternary_conv2d_reference, ternary_linear_reference
+from tna_kernels.ops.ternary.op import conv2d_bit_planes, linear_bit_planes
 
-LINEAR = {"cpu": (4096, 4096, (16, 256, 2048)), "cuda": (8192, 8192, (1, 16, 1024, 4096))}
+LINEAR = {"cpu": (4096, 4096, (1, 16, 256, 2048)), "cuda": (8192, 8192, (1, 16, 1024, 4096))}
 """Per device: K, N and the values of M of the linear layer."""
 CONV_INPUT = (64, 128, 16, 16)
 """[T*B, C, H, W] spike input of the conv layer."""
@@ -47,6 +49,7 @@ SPIKE_RATE = 0.2
 REAL_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 """Largest max|y - y_ref| / max|y_ref| of real-valued input, by output dtype."""
 KERNEL_NAME = "tna Triton kernel, no spike check"
+CACHED_NAME = "tna C++, cached bit-planes (as a frozen module)"
 
 SPEED_GOALS = [
     # (goal, device, layer, inputs, baseline, shape filter, least speedup)
@@ -106,6 +109,10 @@ def _linear_job(device: str, m: int, k: int, n: int) -> dict:
     spikes = (torch.rand(m, k, device=device) < SPIKE_RATE).to(_activation_dtype(device))
     real = torch.randn(m, k, device=device).to(_activation_dtype(device))
     spike_impls = {_tna_name(device): lambda: tna_kernels.ternary_linear(spikes, packed, scale, spikes=True)}
+    if device == "cpu":
+        planes = linear_bit_planes(packed, k)
+        spike_impls[CACHED_NAME] = lambda: tna_kernels.ternary_linear(spikes, packed, scale, spikes=True,
+                                                                      planes=planes)
     if device == "cuda":
         from tna_kernels.ops.ternary import triton as triton_ternary
 
@@ -126,6 +133,10 @@ def _conv_job(device: str) -> dict:
     kernel = CONV_WEIGHT[2:]
     impls = {_tna_name(device): lambda: tna_kernels.ternary_conv2d(
         spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True)}
+    if device == "cpu":
+        planes = conv2d_bit_planes(packed, CONV_INPUT[1], 1, kernel)
+        impls[CACHED_NAME] = lambda: tna_kernels.ternary_conv2d(
+            spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True, planes=planes)
     if device == "cuda":
         from tna_kernels.ops.ternary import triton as triton_ternary
 

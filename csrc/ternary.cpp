@@ -219,31 +219,61 @@ void check_bias(const std::optional<at::Tensor>& bias, int64_t N, const char* op
               b.sizes());
 }
 
-// y [M, N] = spike rows x [M, K] times the packed ternary weight; exact (see the file comment).
+// Words of 64 codes per bit-plane row for K inputs: whole 512-bit vectors, zero padded.
+inline int64_t plane_words(int64_t K) { return ((K + 63) / 64 + 7) / 8 * 8; }
+
+// The bit-planes of a packed linear weight [N, ceil(K/16)] as ternary_linear_spikes uses them: int64
+// [2, N, plane_words(K)] (plus, then minus; see to_bit_planes). A cache for a weight that does not change.
+at::Tensor ternary_linear_planes(const at::Tensor& packed, int64_t K) {
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kInt && packed.dim() == 2 &&
+                  packed.is_contiguous() && packed.size(1) == (K + kCodesPerWord - 1) / kCodesPerWord,
+              "ternary_linear_planes: packed must be a contiguous int32 CPU tensor [N, ceil(K/16)] with K = ", K,
+              ", got ", packed.scalar_type(), " ", packed.sizes());
+  const int64_t N = packed.size(0), W64p = plane_words(K);
+  at::Tensor planes = at::empty({2, N, W64p}, packed.options().dtype(at::kLong));
+  auto* plus = reinterpret_cast<uint64_t*>(planes.data_ptr<int64_t>());
+  to_bit_planes(packed.data_ptr<int32_t>(), N, packed.size(1), plus, plus + N * W64p, W64p);
+  return planes;
+}
+
+// Check that cached planes have the shape and type that `shape` says (from the same packed weight).
+void check_planes(const at::Tensor& planes, at::IntArrayRef shape, const char* op) {
+  TORCH_CHECK(planes.device().is_cpu() && planes.scalar_type() == at::kLong && planes.is_contiguous() &&
+                  planes.sizes() == shape,
+              op, ": planes must be the contiguous int64 CPU tensor ", shape, " made from this packed weight, got ",
+              planes.scalar_type(), " ", planes.sizes());
+}
+
+// y [M, N] = spike rows x [M, K] times the packed ternary weight; exact (see the file comment). `planes`:
+// ternary_linear_planes(packed, K), when cached; made here otherwise.
 at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                                 const std::optional<at::Tensor>& bias, bool simd) {
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& planes,
+                                 bool simd) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(),
               "ternary_linear: x must be a contiguous 2-D CPU tensor [M, K], got ", x.sizes());
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
   check_weights(packed, scale, K, "ternary_linear");
   check_bias(bias, N, "ternary_linear");
-  const int64_t W64p = ((K + 63) / 64 + 7) / 8 * 8;  // whole 512-bit vectors, zero padded
-  std::vector<uint64_t> xbits(M * W64p), plus(N * W64p), minus(N * W64p);
+  const int64_t W64p = plane_words(K);
+  if (planes.has_value()) check_planes(*planes, {2, N, W64p}, "ternary_linear");
+  const at::Tensor weight_planes = planes.has_value() ? *planes : ternary_linear_planes(packed, K);
+  const auto* plus = reinterpret_cast<const uint64_t*>(weight_planes.data_ptr<int64_t>());
+  const auto* minus = plus + N * W64p;
+  std::vector<uint64_t> xbits(M * W64p);
   bool ok = true;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_linear_spikes", [&] {
     ok = to_bit_rows(x.data_ptr<scalar_t>(), M, K, xbits.data(), W64p);
   });
   TORCH_CHECK(ok, "ternary_linear: spike input must hold only 0 and 1; found other values");
-  to_bit_planes(packed.data_ptr<int32_t>(), N, packed.size(1), plus.data(), minus.data(), W64p);
   const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
   at::Tensor y = at::empty({M, N}, x.options().dtype(out_dtype));
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_linear_spikes_out", [&] {
     const SpikeOutput<scalar_t> out{scale.data_ptr<float>(), scale.dim() == 2, N, bp, y.data_ptr<scalar_t>(), N, 1};
     if (simd && TNA_HAVE_VPOPCNT) {
-      spike_linear<true>(xbits.data(), plus.data(), minus.data(), W64p, M, N, out);
+      spike_linear<true>(xbits.data(), plus, minus, W64p, M, N, out);
     } else {
-      spike_linear<false>(xbits.data(), plus.data(), minus.data(), W64p, M, N, out);
+      spike_linear<false>(xbits.data(), plus, minus, W64p, M, N, out);
     }
   });
   return y;
@@ -456,12 +486,47 @@ void spike_conv(const uint64_t* bits, const uint64_t* plus, const uint64_t* minu
   });
 }
 
+// The weight's part of s: O output channels, Cg input channels per group, G groups, a kh x kw kernel.
+void set_weight_shape(ConvShape& s, int64_t O, int64_t Cg, int64_t groups, int64_t kh, int64_t kw) {
+  s.O = O, s.Cg = Cg, s.G = groups, s.kh = kh, s.kw = kw, s.T = kh * kw;
+  s.Og = O / groups, s.Wk = (s.T * Cg + 63) / 64, s.Ob = (s.Og + kLanes - 1) / kLanes;
+}
+
+// The interleaved bit-planes of a conv weight as an int64 [2, G * Ob * Wk * kLanes] tensor (plus, then minus).
+at::Tensor conv_planes(const at::Tensor& packed, const ConvShape& s) {
+  const int64_t size = s.G * s.Ob * s.Wk * kLanes;
+  at::Tensor planes = at::zeros({2, size}, packed.options().dtype(at::kLong));  // lanes past Og stay zero
+  auto* plus = reinterpret_cast<uint64_t*>(planes.data_ptr<int64_t>());
+  to_conv_bit_planes(packed.data_ptr<int32_t>(), packed.size(1), s, plus, plus + size);
+  return planes;
+}
+
+// The bit-planes of a packed conv weight [O, ceil(in_channels / groups * kh * kw / 16)] as
+// ternary_conv2d_spikes uses them for this geometry: a cache for a weight that does not change.
+at::Tensor ternary_conv2d_planes(const at::Tensor& packed, int64_t in_channels, int64_t groups,
+                                 at::IntArrayRef kernel_size) {
+  TORCH_CHECK(kernel_size.size() == 2 && std::min(kernel_size[0], kernel_size[1]) >= 1,
+              "ternary_conv2d_planes: kernel_size must be a pair of positive ints");
+  TORCH_CHECK(groups >= 1 && in_channels % groups == 0 && packed.dim() == 2 && packed.size(0) % groups == 0,
+              "ternary_conv2d_planes: groups = ", groups, " must divide in_channels = ", in_channels,
+              " and the output channels");
+  ConvShape s{};
+  set_weight_shape(s, packed.size(0), in_channels / groups, groups, kernel_size[0], kernel_size[1]);
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kInt && packed.is_contiguous() &&
+                  packed.size(1) == (s.Cg * s.T + kCodesPerWord - 1) / kCodesPerWord,
+              "ternary_conv2d_planes: packed must be a contiguous int32 CPU tensor [O, ceil(C/groups*kh*kw/16)], got ",
+              packed.scalar_type(), " ", packed.sizes());
+  return conv_planes(packed, s);
+}
+
 // y [B, O, Ho, Wo] = conv2d of spikes x [B, C, H, W] with the packed ternary weight [O, C / groups, kh, kw]
 // (packed [O, ceil(C / groups * kh * kw / 16)], scale [O] or [2, O], bias [O]); exact, and finished in
-// float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32.
+// float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32. `planes`:
+// ternary_conv2d_planes(packed, C, groups, kernel_size), when cached; made here otherwise.
 at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation, int64_t groups, at::IntArrayRef kernel_size, bool simd) {
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& planes,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 int64_t groups, at::IntArrayRef kernel_size, bool simd) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
               "ternary_conv2d: x must be a contiguous 4-D CPU tensor [B, C, H, W], got ", x.sizes());
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && kernel_size.size() == 2,
@@ -470,37 +535,38 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
                   std::min(dilation[0], dilation[1]) >= 1 && std::min(kernel_size[0], kernel_size[1]) >= 1,
               "ternary_conv2d: need stride, dilation, kernel_size >= 1 and padding >= 0");
   ConvShape s{};
-  s.B = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3), s.G = groups;
-  s.kh = kernel_size[0], s.kw = kernel_size[1], s.sh = stride[0], s.sw = stride[1];
-  s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
+  s.B = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
+  s.sh = stride[0], s.sw = stride[1], s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
   TORCH_CHECK(groups >= 1 && s.C % groups == 0, "ternary_conv2d: groups = ", groups, " must divide C = ", s.C);
-  s.Cg = s.C / groups, s.T = s.kh * s.kw;
-  check_weights(packed, scale, s.Cg * s.T, "ternary_conv2d");
-  s.O = packed.size(0);
-  TORCH_CHECK(s.O % groups == 0, "ternary_conv2d: groups = ", groups, " must divide O = ", s.O);
+  check_weights(packed, scale, s.C / groups * kernel_size[0] * kernel_size[1], "ternary_conv2d");
+  TORCH_CHECK(packed.size(0) % groups == 0, "ternary_conv2d: groups = ", groups, " must divide O = ", packed.size(0));
+  set_weight_shape(s, packed.size(0), s.C / groups, groups, kernel_size[0], kernel_size[1]);
   check_bias(bias, s.O, "ternary_conv2d");
   TORCH_CHECK(s.H + 2 * s.ph >= s.dh * (s.kh - 1) + 1 && s.W + 2 * s.pw >= s.dw * (s.kw - 1) + 1,
               "ternary_conv2d: the input ", x.sizes(), " is smaller than the dilated kernel");
   s.Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
   s.Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
-  s.Og = s.O / groups, s.Wc = (s.Cg + 63) / 64, s.Wk = (s.T * s.Cg + 63) / 64, s.Ob = (s.Og + kLanes - 1) / kLanes;
+  s.Wc = (s.Cg + 63) / 64;
+  const int64_t plane_size = s.G * s.Ob * s.Wk * kLanes;
+  if (planes.has_value()) check_planes(*planes, {2, plane_size}, "ternary_conv2d");
+  const at::Tensor weight_planes = planes.has_value() ? *planes : conv_planes(packed, s);
+  const auto* plus = reinterpret_cast<const uint64_t*>(weight_planes.data_ptr<int64_t>());
+  const auto* minus = plus + plane_size;
   std::vector<uint64_t> bits(s.B * s.H * s.W * s.G * s.Wc);
-  std::vector<uint64_t> plus(s.G * s.Ob * s.Wk * kLanes), minus(s.G * s.Ob * s.Wk * kLanes);  // zeros
   bool ok = true;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_conv2d_spikes", [&] {
     ok = to_pixel_bits(x.data_ptr<scalar_t>(), s, bits.data());
   });
   TORCH_CHECK(ok, "ternary_conv2d: spike input must hold only 0 and 1; found other values");
-  to_conv_bit_planes(packed.data_ptr<int32_t>(), packed.size(1), s, plus.data(), minus.data());
   const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
   at::Tensor y = at::empty({s.B, s.O, s.Ho, s.Wo}, x.options().dtype(out_dtype));
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_conv2d_spikes_out", [&] {
     if (simd && TNA_HAVE_VPOPCNT) {
-      spike_conv<true>(bits.data(), plus.data(), minus.data(), s, scale.data_ptr<float>(), scale.dim() == 2, bp,
+      spike_conv<true>(bits.data(), plus, minus, s, scale.data_ptr<float>(), scale.dim() == 2, bp,
                        y.data_ptr<scalar_t>());
     } else {
-      spike_conv<false>(bits.data(), plus.data(), minus.data(), s, scale.data_ptr<float>(), scale.dim() == 2, bp,
+      spike_conv<false>(bits.data(), plus, minus, s, scale.data_ptr<float>(), scale.dim() == 2, bp,
                         y.data_ptr<scalar_t>());
     }
   });
@@ -612,15 +678,21 @@ at::Tensor ternary_linear_grad_input(const at::Tensor& grad_y, const at::Tensor&
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
-  m.def("ternary_linear_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, bool simd) -> Tensor");
+  m.def("ternary_linear_planes(Tensor packed, int k) -> Tensor");
+  m.def("ternary_conv2d_planes(Tensor packed, int in_channels, int groups, int[] kernel_size) -> Tensor");
   m.def(
-      "ternary_conv2d_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, int[] stride, int[] padding, "
-      "int[] dilation, int groups, int[] kernel_size, bool simd) -> Tensor");
+      "ternary_linear_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? planes, bool simd) "
+      "-> Tensor");
+  m.def(
+      "ternary_conv2d_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? planes, int[] stride, "
+      "int[] padding, int[] dilation, int groups, int[] kernel_size, bool simd) -> Tensor");
   m.def("ternary_linear_dense(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor");
   m.def("ternary_linear_grad_input(Tensor grad_y, Tensor packed, Tensor scale, int k) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {
+  m.impl("ternary_linear_planes", &ternary_linear_planes);
+  m.impl("ternary_conv2d_planes", &ternary_conv2d_planes);
   m.impl("ternary_linear_spikes", &ternary_linear_spikes);
   m.impl("ternary_conv2d_spikes", &ternary_conv2d_spikes);
   m.impl("ternary_linear_dense", &ternary_linear_dense);

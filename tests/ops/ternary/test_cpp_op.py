@@ -38,7 +38,7 @@ def test_spike_linear_is_exact(simd, dtype, asymmetric, m, k, n):
     codes, packed, scale, bias = _weights(n, k, asymmetric, seed=m * k + n)
     x = _spikes((m, k), dtype, seed=k)
     for b in (None, bias):
-        got = torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, b, simd)
+        got = torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, b, None, simd)
         want = ternary_linear_reference(x, packed, scale, b, spikes=True)
         assert got.dtype == want.dtype and torch.equal(got, want)
 
@@ -129,7 +129,7 @@ def test_spike_conv_kernel_is_exact(simd, dtype, asymmetric, case):
     assert cpp_extension_available()
     x, packed, scale, bias, geometry = _spike_conv_case(case, dtype, asymmetric, seed=sum(case[:5]))
     for b in (None, bias):
-        got = torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, b, *geometry, simd)
+        got = torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, b, None, *geometry, simd)
         want = ternary_conv2d_reference(x, packed, scale, b, *geometry[:4], kernel_size=geometry[4], spikes=True)
         assert got.dtype == want.dtype and torch.equal(got, want)
 
@@ -156,7 +156,7 @@ def test_property_spike_conv_exact(batch, in_per_group, out_per_group, groups, h
     _, packed, scale, bias = _weights(out_per_group * groups, in_per_group, asymmetric, seed, kernel=(kernel, kernel))
     x = _spikes((batch, in_per_group * groups, height, width), torch.float32, seed + 1)
     geometry = [[stride] * 2, [padding] * 2, [dilation] * 2, groups, [kernel] * 2]
-    assert torch.equal(torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, bias, *geometry, simd),
+    assert torch.equal(torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, bias, None, *geometry, simd),
                        ternary_conv2d_reference(x, packed, scale, bias, *geometry[:4], kernel_size=geometry[4],
                                                 spikes=True))
 
@@ -203,16 +203,16 @@ def test_opcheck(backend):
     codes, packed, scale, bias = _weights(5, 20, True, seed=1)
     x = torch.randn(3, 20, requires_grad=True)
     weight = dequantize(codes, scale).requires_grad_()
-    torch.library.opcheck(ternary_linear_op, (x, packed, scale, bias, weight, False, backend))
+    torch.library.opcheck(ternary_linear_op, (x, packed, scale, bias, weight, None, False, backend))
     spikes = _spikes((3, 20), torch.float32, 4)
-    torch.library.opcheck(ternary_linear_op, (spikes, packed, scale, None, None, True, backend))
+    torch.library.opcheck(ternary_linear_op, (spikes, packed, scale, None, None, None, True, backend))
     codes, packed, scale, bias = _weights(4, 2, False, seed=2, kernel=(3, 3))
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
-    torch.library.opcheck(ternary_conv2d_op, (x, packed, scale, bias, None, [1, 1], [1, 1], [1, 1], 1, [3, 3], False,
-                                              backend))
+    torch.library.opcheck(ternary_conv2d_op, (x, packed, scale, bias, None, None, [1, 1], [1, 1], [1, 1], 1, [3, 3],
+                                              False, backend))
     spikes = _spikes((1, 2, 5, 5), torch.float32, 5).requires_grad_()
     geometry = ([1, 1], [1, 1], [1, 1], 1, [3, 3])
-    torch.library.opcheck(ternary_conv2d_op, (spikes, packed, scale, bias, None, *geometry, True, backend))
+    torch.library.opcheck(ternary_conv2d_op, (spikes, packed, scale, bias, None, None, *geometry, True, backend))
 
 
 def test_compile_frozen_model_fullgraph():
@@ -253,3 +253,35 @@ def test_errors_name_the_problem():
         ternary_conv2d(torch.randn(1, 3, 5, 5), cpacked, cscale, groups=2, kernel_size=3)
     with pytest.raises(ValueError, match="4-D"):
         ternary_conv2d(torch.randn(2, 5, 5), cpacked, cscale, kernel_size=3)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 100, 9), (33, 700, 17)])
+def test_spike_linear_with_cached_bit_planes_is_exact(asymmetric, m, k, n):
+    from tna_kernels.ops.ternary.op import linear_bit_planes
+
+    _, packed, scale, bias = _weights(n, k, asymmetric, seed=m + k + n)
+    planes = linear_bit_planes(packed, k)
+    assert planes.dtype == torch.int64 and planes.shape[:2] == (2, n)
+    x = _spikes((m, k), torch.float32, seed=k)
+    want = ternary_linear_reference(x, packed, scale, bias, spikes=True)
+    assert torch.equal(ternary_linear(x, packed, scale, bias, spikes=True, backend="cpp", planes=planes), want)
+    other = linear_bit_planes(_weights(n + 1, k, asymmetric, seed=1)[1], k)
+    with pytest.raises(RuntimeError, match="planes must be the contiguous int64 CPU tensor"):
+        ternary_linear(x, packed, scale, bias, spikes=True, backend="cpp", planes=other)
+
+
+@pytest.mark.parametrize("c,o,groups,kernel,stride,padding,dilation", [
+    (3, 5, 1, (3, 3), 1, 1, 1), (8, 6, 2, (3, 2), 2, 0, 1), (70, 9, 1, (1, 1), 1, 0, 1), (4, 4, 4, (3, 3), 1, 2, 2)])
+def test_spike_conv2d_with_cached_bit_planes_is_exact(c, o, groups, kernel, stride, padding, dilation):
+    from tna_kernels.ops.ternary.op import conv2d_bit_planes
+
+    _, packed, scale, bias = _weights(o, c // groups, True, seed=c + o, kernel=kernel)
+    planes = conv2d_bit_planes(packed, c, groups, kernel)
+    x = _spikes((2, c, 7, 6), torch.float32, seed=c)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, kernel_size=kernel)
+    want = ternary_conv2d_reference(x, packed, scale, bias, spikes=True, **geometry)
+    got = ternary_conv2d(x, packed, scale, bias, spikes=True, backend="cpp", planes=planes, **geometry)
+    assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="planes must be the contiguous int64 CPU tensor"):
+        ternary_conv2d(x, packed, scale, bias, spikes=True, backend="cpp", planes=planes[:, 1:], **geometry)
