@@ -215,17 +215,21 @@ def test_opcheck(backend):
     torch.library.opcheck(ternary_conv2d_op, (spikes, packed, scale, bias, None, None, *geometry, True, backend))
 
 
-def test_compile_frozen_model_fullgraph():
+@pytest.mark.parametrize("spikes", [False, True])
+def test_compile_frozen_model_fullgraph(spikes):
+    """Compiled frozen layers equal eager ones (on spikes, eager uses the cached bit-planes, compiled not)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        tna_kernels.nn.TernaryConv2d(3, 8, 3, padding=1), torch.nn.Flatten(),
+        tna_kernels.nn.TernaryConv2d(3, 8, 3, padding=1, spikes=spikes), torch.nn.Flatten(),
         tna_kernels.nn.TernaryLinear(8 * 6 * 6, 5),
     )
     for layer in (model[0], model[2]):
         layer.freeze()
-    x = torch.randn(2, 3, 6, 6)
+    x = (torch.rand(2, 3, 6, 6) < 0.3).float() if spikes else torch.randn(2, 3, 6, 6)
+    want = model(x)
+    assert (model[0]._planes is not None) == spikes
     compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x))
+    torch.testing.assert_close(compiled(x), want)
 
 
 def test_errors_name_the_problem():
