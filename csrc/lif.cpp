@@ -257,8 +257,10 @@ inline void sweep_lines(int64_t len, Ahead&& ahead, Body&& body) {
 }
 
 // Prefetch the cache line holding p[i] (for reading: RW = 0, for writing: RW = 1); p may be null.
+// always_inline: out of line, GCC's IPA marks this void function free of side effects and deletes its
+// calls, prefetches and all.
 template <int RW, typename R>
-inline void prefetch_at(const R* p, int64_t i) {
+__attribute__((always_inline)) inline void prefetch_at(const R* p, int64_t i) {
   if (p != nullptr) __builtin_prefetch(p + i, RW, 3);
 }
 
@@ -304,7 +306,7 @@ int64_t forward_impl(const typename Storage<S>::raw* __restrict x, typename Stor
         R* __restrict sr = spikes + t * N + n0;
         R* __restrict ur = SAVE ? u_out + t * N + n0 : nullptr;
         const bool more = t + 1 < T;
-        const auto ahead = [&](int64_t i) {
+        const auto ahead = [&](int64_t i) __attribute__((always_inline)) {
           if (more) {
             prefetch_at<0>(xr + N, i);
             prefetch_at<1>(sr + N, i);
@@ -390,7 +392,7 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
                           acc_t<S> gc, const BwdFlags<acc_t<S>>& f) {
   using A = acc_t<S>;
   const bits_t<A> detach = f.detach, use_gv = f.use_gv;
-  const auto ahead = [&](int64_t i) {
+  const auto ahead = [&](int64_t i) __attribute__((always_inline)) {
     prefetch_at<0>(gs_next, i);
     prefetch_at<0>(u_next, i);
     prefetch_at<1>(gx_next, i);
