@@ -80,7 +80,8 @@ def _op_args(device, save_state, requires_grad):
 @pytest.mark.parametrize("count_spikes", [True, False])
 def test_opcheck_forward(backend, save_state, count_spikes):
     x, tau, vth, v_init = _op_args(kernel_device(backend), save_state, requires_grad=True)
-    args = (x, tau, vth, v_init, 0.0, False, True, False, 0, 2.0, save_state, count_spikes, backend)
+    # scalars [v_reset, alpha]; flags [soft_reset, decay_input, detach_reset, surrogate, save_state, count_spikes]
+    args = (x, tau, vth, v_init, [0.0, 2.0], [0, 1, 0, 0, int(save_state), int(count_spikes)], backend)
     torch.library.opcheck(torch.ops.tna.lif_forward.default, args)
 
 
@@ -88,7 +89,7 @@ def test_opcheck_forward(backend, save_state, count_spikes):
 @pytest.mark.parametrize("with_count", [True, False])
 def test_opcheck_backward(backend, with_count):
     x, tau, vth, v_init = _op_args(kernel_device(backend), True, requires_grad=False)
-    _, _, u, _ = torch.ops.tna.lif_forward(x, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, False, backend)
+    _, _, u, _ = torch.ops.tna.lif_forward(x, tau, vth, v_init, [0.0, 1.0], [1, 0, 0, 3, 1, 0], backend)
     grad_spikes, grad_v = torch.randn_like(x), torch.randn_like(v_init)
     grad_count = torch.tensor(0.75, device=x.device) if with_count else None
     args = (grad_spikes, grad_v, grad_count, u, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, True, backend)

@@ -44,24 +44,23 @@ def lif_forward_op(
     tau: Tensor,
     v_threshold: Tensor,
     v_init: Optional[Tensor],
-    v_reset: float,
-    soft_reset: bool,
-    decay_input: bool,
-    detach_reset: bool,
-    surrogate: int,
-    alpha: float,
-    save_state: bool,
-    count_spikes: bool,
+    scalars: list[float],
+    flags: list[int],
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused LIF forward over all T steps.
 
-    x ``[T, *]`` contiguous; tau, v_threshold ``[P]`` in the state dtype; v_init ``[*]`` state dtype or None.
+    x ``[T, *]`` contiguous; tau, v_threshold ``[P]`` in the state dtype; v_init ``[*]`` state dtype or None;
+    ``scalars`` = ``[v_reset, alpha]``; ``flags`` = ``[soft_reset, decay_input, detach_reset, surrogate id,
+    save_state, count_spikes]`` (``_forward_flags``). The options travel in two lists because the
+    autograd wrapper of a custom op spends time quadratic in its number of arguments on every call.
     Returns spikes ``[T, *]`` (x's dtype), v_T ``[*]`` (state dtype), when ``save_state`` the saved
     ``u = h - v_threshold`` ``[T, *]`` in x's dtype (else an empty ``(0,)`` tensor), and when
     ``count_spikes`` the number of spikes, a 0-d tensor in the state dtype counted in the same pass (else
-    an empty ``(0,)`` tensor). ``detach_reset``, ``surrogate`` (id) and ``alpha`` only matter to the backward.
+    an empty ``(0,)`` tensor). ``detach_reset``, ``surrogate`` and ``alpha`` only matter to the backward.
     """
+    v_reset, _ = scalars
+    soft_reset, decay_input, _, _, save_state, count_spikes = flags
     steps, neurons = x.shape[0], math.prod(x.shape[1:])
     spikes, v_last, u, count = _kernels(backend).lif_forward(
         x.reshape(steps, neurons),
@@ -69,18 +68,24 @@ def lif_forward_op(
         v_threshold,
         None if v_init is None else v_init.reshape(neurons),
         v_reset,
-        soft_reset,
-        decay_input,
+        bool(soft_reset),
+        bool(decay_input),
         _inner(x.shape, tau.numel()),
-        save_state,
-        count_spikes,
+        bool(save_state),
+        bool(count_spikes),
     )
     return spikes.view(x.shape), v_last.view(x.shape[1:]), u.view(x.shape) if save_state else u, count
 
 
+def _forward_flags(soft_reset: bool, decay_input: bool, detach_reset: bool, surrogate: int, save_state: bool,
+                   count_spikes: bool) -> list:
+    """The ``flags`` argument of ``tna::lif_forward``."""
+    return [int(soft_reset), int(decay_input), int(detach_reset), surrogate, int(save_state), int(count_spikes)]
+
+
 @lif_forward_op.register_fake
-def _(x, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha, save_state,
-      count_spikes, backend):
+def _(x, tau, v_threshold, v_init, scalars, flags, backend):
+    save_state, count_spikes = flags[4], flags[5]
     sd = state_dtype(x.dtype)
     u = torch.empty_like(x) if save_state else x.new_empty(0)
     count = x.new_empty(() if count_spikes else (0,), dtype=sd)
@@ -164,8 +169,9 @@ def _(grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init, v_reset
 
 
 def _setup_context(ctx, inputs, output):
-    x, tau, v_threshold, v_init, *options, save_state, count_spikes, backend = inputs
-    ctx.options = options
+    x, tau, v_threshold, v_init, scalars, flags, backend = inputs
+    save_state, count_spikes = flags[4], flags[5]
+    ctx.scalars, ctx.flags = scalars, flags
     ctx.backend = backend
     ctx.recompute = not save_state
     ctx.save_for_backward(x if ctx.recompute else output[2], tau, v_threshold, v_init)
@@ -176,23 +182,25 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_spikes, grad_v_last, grad_u, grad_count):
     saved, tau, v_threshold, v_init = ctx.saved_tensors
-    v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha = ctx.options
+    v_reset, alpha = ctx.scalars
+    soft_reset, decay_input, detach_reset, surrogate = ctx.flags[:4]
     u = saved
     if ctx.recompute:
-        u = lif_forward_op(saved, tau, v_threshold, v_init, *ctx.options, True, False, ctx.backend)[2]
+        flags = _forward_flags(soft_reset, decay_input, detach_reset, surrogate, save_state=True, count_spikes=False)
+        u = lif_forward_op(saved, tau, v_threshold, v_init, ctx.scalars, flags, ctx.backend)[2]
     need_x, need_tau, need_vth, need_v_init = ctx.needs_input_grad[:4]
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(u)
     grad_x, grad_v_init, grad_tau, grad_vth = lif_backward_op(
-        grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input,
-        detach_reset, surrogate, alpha, need_tau, need_vth, ctx.backend,
+        grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init, v_reset, bool(soft_reset),
+        bool(decay_input), bool(detach_reset), surrogate, alpha, need_tau, need_vth, ctx.backend,
     )
     return (
         grad_x if need_x else None,
         grad_tau if need_tau else None,
         grad_vth if need_vth else None,
         grad_v_init if need_v_init else None,
-    ) + (None,) * 9
+    ) + (None,) * 3
 
 
 lif_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -331,20 +339,10 @@ def lif_multistep(
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, tau_t, v_threshold_t, v_init_t)
         )
-        spikes, v_last, _, count = lif_forward_op(
-            x.contiguous(),
-            tau_t,
-            v_threshold_t,
-            v_init_t,
-            0.0 if v_reset is None else float(v_reset),
-            v_reset is None,
-            bool(decay_input),
-            bool(detach_reset),
-            SURROGATES[surrogate].id,
-            alpha,
-            needs_grad and not memory_saving,
-            bool(return_count),
-            backend,
-        )
+        flags = _forward_flags(v_reset is None, bool(decay_input), bool(detach_reset), SURROGATES[surrogate].id,
+                               needs_grad and not memory_saving, bool(return_count))
+        scalars = [0.0 if v_reset is None else float(v_reset), alpha]
+        spikes, v_last, _, count = lif_forward_op(x.contiguous(), tau_t, v_threshold_t, v_init_t, scalars, flags,
+                                                  backend)
     outputs = (spikes,) + ((v_last,) if return_state else ()) + ((count,) if return_count else ())
     return outputs if len(outputs) > 1 else spikes
