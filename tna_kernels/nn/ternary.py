@@ -13,9 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.backend import resolve_backend
 from ..ops.ternary.format import FORMAT_VERSION, int_pair, pack_ternary
-from ..ops.ternary.op import conv2d_bit_planes, linear_bit_planes, ternary_conv2d, ternary_linear
+from ..ops.ternary.op import conv2d_bit_planes, linear_bit_planes, ternary_conv2d, ternary_linear, uses_bit_planes
 from ..ops.ternary.quantize import QUANTIZERS, quantize_weight, ternarize
 from ..ops.ternary.reference import is_spike_input
 
@@ -81,7 +80,7 @@ class _Ternary(nn.Module):
         changed (another tensor, or modified in place)."""
         packed = self.packed if self.frozen else None
         if (packed is None or torch.compiler.is_compiling() or not is_spike_input(x, self.spikes)
-                or packed.device.type != "cpu" or resolve_backend(self.backend, packed.device) != "cpp"):
+                or not uses_bit_planes(self.backend, packed.device)):
             return None
         key = (packed.data_ptr(), packed._version)
         if self._planes_key != key:

@@ -337,6 +337,11 @@ def conv2d_bit_planes(packed: Tensor, in_channels: int, groups: int, kernel_size
                                                                list(kernel_size))
 
 
+def uses_bit_planes(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs the C++ spike kernels on ``device``, the ones that take cached bit-planes."""
+    return device.type == "cpu" and resolve_backend(backend, device) == "cpp"
+
+
 def _cpp_ops(what: str):
     """The C++ extension's ops (built or loaded on first use); a clear error where it cannot be built."""
     if not cpp_extension_available():
