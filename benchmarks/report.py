@@ -8,6 +8,7 @@ tables and links to the plots and full tables. Nothing in that part is typed by 
     python -m benchmarks --readme-only      # what this module does, without running a benchmark
 """
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _plot_lif(path: Path, result) -> list:
     sweeps = {
         "T": ([r for r in rows if r["shape"][1:] == first[1:]], lambda r: r["shape"][0], "timesteps T"),
         "neurons": ([r for r in rows if r["shape"][0] == first[0] and len(r["shape"]) == len(first)],
-                    lambda r: _numel(r["shape"][1:]), "neurons per timestep (batch x features)"),
+                    lambda r: math.prod(r["shape"][1:]), "neurons per timestep (batch x features)"),
     }
     written = []
     for what, (sweep, x_of, label) in sweeps.items():
@@ -117,13 +118,6 @@ def _label_points(axes, values) -> None:
     """Tick a log x axis at exactly ``values``, written out in full."""
     axes.set_xticks(values, [str(v) for v in values])
     axes.minorticks_off()
-
-
-def _numel(dims) -> int:
-    count = 1
-    for d in dims:
-        count *= d
-    return count
 
 
 def _save(figure, path: Path, what: str) -> str:
