@@ -147,6 +147,29 @@ def test_many_chunks_cpp(dtype):
     case = LIFCase((5, 3, 7, 41, 43), dtype, params="channel", v_init=True, state_grad=True, count=True)
     compare_case(case, "cpp", seed=37023)
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", [(7, 2, 3, 64), (4, 3, 1, 1072), (5, 3, 7, 41, 43)])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_streaming_stores_cpp(monkeypatch, dtype, shape, reset):
+    """The C++ kernels write large outputs with non-temporal stores; TNA_STREAM_MIN_BYTES=0 makes every
+    output large. Rows of a whole number of cache lines are streamed (2 x 3 x 64 and 3 x 1072 neurons, in
+    several chunks), others fall back to plain stores (37023 neurons)."""
+    monkeypatch.setenv("TNA_STREAM_MIN_BYTES", "0")
+    case = LIFCase(shape, dtype, {"v_reset": RESETS[reset]}, params="channel", v_init=True, state_grad=True,
+                   count=True)
+    out, _ = compare_case(case, "cpp", seed=sum(shape))
+    x = case.inputs("cpu", sum(shape))["x"]
+    with torch.no_grad():
+        spikes = lif_multistep(x, v_reset=RESETS[reset], backend="cpp")
+    torch.testing.assert_close(spikes, lif_multistep(x, v_reset=RESETS[reset], backend="torch"), rtol=0, atol=0)
+
+
+def test_streaming_threshold_must_be_a_byte_count(monkeypatch):
+    monkeypatch.setenv("TNA_STREAM_MIN_BYTES", "lots")
+    with pytest.raises(RuntimeError, match="TNA_STREAM_MIN_BYTES must be a number of bytes"):
+        lif_multistep(torch.randn(2, 16), backend="cpp")
+
+
 @pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 3, 5, 7), (33, 2, 67, 1)])
