@@ -97,21 +97,25 @@ def test_opcheck_backward(backend, with_count):
 
 
 class _SpikingMLP(torch.nn.Module):
-    def __init__(self, count_spikes=False):
+    def __init__(self, count_spikes=False, memory_saving=False):
         super().__init__()
         self.fc1 = torch.nn.Linear(12, 32)
-        self.lif1 = tna_kernels.nn.LIF(learnable_tau=True, channels=32, v_reset=None, count_spikes=count_spikes)
+        self.lif1 = tna_kernels.nn.LIF(learnable_tau=True, channels=32, v_reset=None, count_spikes=count_spikes,
+                                       memory_saving=memory_saving)
         self.fc2 = torch.nn.Linear(32, 5)
-        self.lif2 = tna_kernels.nn.LIF(learnable_threshold=True, count_spikes=count_spikes)
+        self.lif2 = tna_kernels.nn.LIF(learnable_threshold=True, count_spikes=count_spikes,
+                                       memory_saving=memory_saving)
 
     def forward(self, x):  # [T, B, 12] -> [B, 5]
         return self.lif2(self.fc2(self.lif1(self.fc1(x)))).mean(0)
 
 
-def test_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("memory_saving", [False, True])
+def test_compile_fullgraph_matches_eager(memory_saving):
+    """The compiled graph runs the custom ops (and their registered autograd), eager mode ``_EagerLIF``."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = _SpikingMLP()
+    model = _SpikingMLP(memory_saving=memory_saving)
     x = torch.randn(4, 3, 12) * 2
     eager = model(x)
     eager_grads = torch.autograd.grad(eager.square().sum(), list(model.parameters()))
