@@ -11,15 +11,15 @@
 // Built without -ffast-math (and with -ffp-contract=off) and with the operation order of the
 // interface, so that float32 forward results equal the PyTorch reference bit for bit.
 // Outputs are computed a cache line at a time into a local line buffer and then copied out, with
-// non-temporal stores when the output is too large to stay in the cache (stream_min_bytes).
+// non-temporal stores when the caller says the output is too large to stay in the cache (`stream`).
+// The backward either reads the u saved by the forward, or reruns the forward from x chunk by chunk
+// into a scratch buffer that stays in L2 (`recompute`), which moves fewer bytes than saving u.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -309,33 +309,84 @@ __attribute__((always_inline)) inline void prefetch_at(const R* p, int64_t i) {
 // ----------------------------------------------------------------------------------------------
 // Forward
 // ----------------------------------------------------------------------------------------------
+// The forward over T steps of one chunk of len neurons. x and spikes are the chunk's first row, with
+// rows N apart; u (SAVE) the first row of the saved u = h - v_threshold, with rows u_stride apart.
+// v holds the membrane (v_init on entry, v_T on exit), tl / th the chunk's tau / v_threshold.
+// SPIKES: write the spikes (the backward's recompute only needs u). COUNT: add the spikes, per lane of
+// a cache line, to lanes. stream: write spikes and u with non-temporal stores.
+template <typename S, bool DECAY, bool SOFT, bool SPIKES, bool SAVE, bool COUNT>
+inline void forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u,
+                          int64_t N, int64_t u_stride, int64_t T, int64_t len, acc_t<S>* __restrict v,
+                          const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th, acc_t<S> vr, bool stream,
+                          bits_t<acc_t<S>>* __restrict lanes) {
+  using A = acc_t<S>;
+  using R = raw_t<S>;
+  constexpr int64_t kLine = 64 / sizeof(R);
+  alignas(64) R s_line[kLine];
+  alignas(64) R u_line[kLine];
+  for (int64_t t = 0; t < T; ++t) {
+    const R* __restrict xr = x + t * N;
+    R* __restrict sr = SPIKES ? spikes + t * N : nullptr;
+    R* __restrict ur = SAVE ? u + t * u_stride : nullptr;
+    const bool more = t + 1 < T;
+    const auto ahead = [&](int64_t i) __attribute__((always_inline)) {
+      if (more) {
+        prefetch_at<0>(xr + N, i);
+        if (!stream) {
+          if constexpr (SPIKES) prefetch_at<1>(sr + N, i);
+          if constexpr (SAVE) prefetch_at<1>(ur + u_stride, i);
+        }
+      }
+    };
+    const auto body = [&](int64_t i, int64_t j) __attribute__((always_inline)) {
+      const A xt = Storage<S>::load(xr[i]);
+      const A vv = v[i];
+      A h;
+      if constexpr (DECAY) {
+        h = vv + (xt - (vv - vr)) / tl[i];
+      } else {
+        h = (vv - (vv - vr) / tl[i]) + xt;
+      }
+      const A ut = h - th[i];
+      const bool fire = ut >= A(0);
+      const A s = fire ? A(1) : A(0);
+      if constexpr (SOFT) {
+        v[i] = h - th[i] * s;
+      } else {
+        v[i] = h * (A(1) - s) + vr * s;
+      }
+      if constexpr (SPIKES) s_line[j] = fire ? Storage<S>::kOne : R(0);
+      if constexpr (SAVE) u_line[j] = Storage<S>::store(ut + A(0));  // + 0 turns -0 into +0
+      if constexpr (COUNT) lanes[j] += bits_t<A>(fire);
+    };
+    sweep_lines<R>(len, ahead, body, [&](int64_t i0, int64_t n) __attribute__((always_inline)) {
+      if constexpr (SPIKES) write_line(sr + i0, s_line, n, stream);
+      if constexpr (SAVE) write_line(ur + i0, u_line, n, stream);
+    });
+  }
+}
+
 // Returns the number of spikes when COUNT (else 0). They are counted while they are written, per
 // lane of a cache line in registers; each chunk sums its lanes, and the chunks' counts are summed
 // in a fixed order after the parallel loop. Exact: a lane holds at most T * kMaxChunk / 16 spikes
 // (32-bit lanes for float state, 64-bit for double).
 template <typename S, bool DECAY, bool SOFT, bool SAVE, bool COUNT>
-int64_t forward_impl(const typename Storage<S>::raw* __restrict x, typename Storage<S>::raw* __restrict spikes,
-                     typename Storage<S>::raw* __restrict u_out, typename Storage<S>::acc* __restrict v_last,
-                     const typename Storage<S>::acc* tau, const typename Storage<S>::acc* vth,
-                     const typename Storage<S>::acc* v_init, double v_reset, int64_t T, int64_t N,
-                     int64_t inner, int64_t P, bool stream) {
-  using A = typename Storage<S>::acc;
-  using R = typename Storage<S>::raw;
+int64_t forward_impl(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u_out,
+                     acc_t<S>* __restrict v_last, const acc_t<S>* tau, const acc_t<S>* vth, const acc_t<S>* v_init,
+                     double v_reset, int64_t T, int64_t N, int64_t inner, int64_t P, bool stream) {
+  using A = acc_t<S>;
   using Lane = bits_t<A>;  // an integer as wide as A, so the count vectorizes with the compare
-  constexpr int64_t kLine = 64 / sizeof(R);
+  constexpr int64_t kLine = 64 / sizeof(raw_t<S>);
   const A vr = static_cast<A>(v_reset);
   const int64_t chunk = chunk_for(N);
   const int64_t nchunks = (N + chunk - 1) / chunk;
   std::vector<int64_t> counts(COUNT ? nchunks : 0);
   at::parallel_for(0, nchunks, grain_for(T, N, nchunks), [&](int64_t c_begin, int64_t c_end) {
-    const A vr_ = vr;  // a local copy, so the vector loop keeps it in a register
     alignas(64) A v[kMaxChunk];
     alignas(64) A tl[kMaxChunk];
     alignas(64) A th[kMaxChunk];
     for (int64_t c = c_begin; c < c_end; ++c) {
       alignas(64) Lane lanes[kLine] = {};
-      alignas(64) R s_line[kLine];
-      alignas(64) R u_line[kLine];
       const int64_t n0 = c * chunk;
       const int64_t len = std::min(chunk, N - n0);
       gather_param(tl, tau, n0, len, inner, P);
@@ -343,48 +394,10 @@ int64_t forward_impl(const typename Storage<S>::raw* __restrict x, typename Stor
       if (v_init != nullptr) {
         std::copy(v_init + n0, v_init + n0 + len, v);
       } else {
-        std::fill(v, v + len, vr_);
+        std::fill(v, v + len, vr);
       }
-      for (int64_t t = 0; t < T; ++t) {
-        const R* __restrict xr = x + t * N + n0;
-        R* __restrict sr = spikes + t * N + n0;
-        R* __restrict ur = SAVE ? u_out + t * N + n0 : nullptr;
-        const bool more = t + 1 < T;
-        const auto ahead = [&](int64_t i) __attribute__((always_inline)) {
-          if (more) {
-            prefetch_at<0>(xr + N, i);
-            if (!stream) {
-              prefetch_at<1>(sr + N, i);
-              if constexpr (SAVE) prefetch_at<1>(ur + N, i);
-            }
-          }
-        };
-        const auto body = [&](int64_t i, int64_t j) __attribute__((always_inline)) {
-          const A xt = Storage<S>::load(xr[i]);
-          const A vv = v[i];
-          A h;
-          if constexpr (DECAY) {
-            h = vv + (xt - (vv - vr_)) / tl[i];
-          } else {
-            h = (vv - (vv - vr_) / tl[i]) + xt;
-          }
-          const A u = h - th[i];
-          const bool fire = u >= A(0);
-          const A s = fire ? A(1) : A(0);
-          if constexpr (SOFT) {
-            v[i] = h - th[i] * s;
-          } else {
-            v[i] = h * (A(1) - s) + vr_ * s;
-          }
-          s_line[j] = fire ? Storage<S>::kOne : R(0);
-          if constexpr (SAVE) u_line[j] = Storage<S>::store(u + A(0));  // + 0 turns -0 into +0
-          if constexpr (COUNT) lanes[j] += Lane(fire);
-        };
-        sweep_lines<R>(len, ahead, body, [&](int64_t i0, int64_t n) __attribute__((always_inline)) {
-          write_line(sr + i0, s_line, n, stream);
-          if constexpr (SAVE) write_line(ur + i0, u_line, n, stream);
-        });
-      }
+      forward_chunk<S, DECAY, SOFT, true, SAVE, COUNT>(x + n0, spikes + n0, SAVE ? u_out + n0 : nullptr, N, N, T,
+                                                       len, v, tl, th, vr, stream, lanes);
       std::copy(v, v + len, v_last + n0);
       if constexpr (COUNT) {
         int64_t count = 0;
@@ -408,7 +421,7 @@ struct BwdArgs {
   using R = typename Storage<S>::raw;
   const R* gs;
   const A* gv_last;  // nullable
-  const R* u;
+  const R* saved;    // u, or x when recompute
   const A* tau;
   const A* vth;
   const A* v_init;  // nullable
@@ -419,7 +432,8 @@ struct BwdArgs {
   double grad_count;  // added to every element of gs (0 when the count has no gradient)
   double v_reset;
   bool detach;
-  bool stream;  // write gx with non-temporal stores
+  bool stream;     // write gx with non-temporal stores
+  bool recompute;  // saved is x: rerun the forward, chunk by chunk, into a scratch buffer of u
   double alpha;
   int64_t T, N, inner, P;
 };
@@ -503,14 +517,22 @@ inline void backward_step(int64_t len, const raw_t<S>* __restrict gsr, const raw
   });
 }
 
+// Chunk length for the backward's recompute: the chunk's T rows of u (its scratch buffer) stay within
+// 512 KiB, in L2, from the forward rerun to the reverse sweep.
+inline int64_t recompute_chunk_for(int64_t T, int64_t N, int64_t element_size) {
+  const int64_t fit = (int64_t(512) << 10) / (std::max<int64_t>(T, 1) * element_size) / 64 * 64;
+  return std::clamp<int64_t>(fit, 64, chunk_for(N));
+}
+
 template <typename S, int SURR, bool SOFT, bool DECAY, bool PARAMS>
 void backward_impl(const BwdArgs<S>& a) {
-  using A = typename Storage<S>::acc;
+  using A = acc_t<S>;
+  using R = raw_t<S>;
   const A vr = static_cast<A>(a.v_reset);
   const A gc = static_cast<A>(a.grad_count);
   const SurrConst<A> k(SURR, a.alpha);
   const int64_t T = a.T, N = a.N;
-  const int64_t chunk = chunk_for(N);
+  const int64_t chunk = a.recompute ? recompute_chunk_for(T, N, sizeof(R)) : chunk_for(N);
   const int64_t nchunks = (N + chunk - 1) / chunk;
   at::parallel_for(0, nchunks, grain_for(T, N, nchunks), [&](int64_t c_begin, int64_t c_end) {
     alignas(64) A th[kMaxChunk];
@@ -520,17 +542,28 @@ void backward_impl(const BwdArgs<S>& a) {
     alignas(64) A gv[kMaxChunk];
     alignas(64) A gtau[kMaxChunk];
     alignas(64) A gvth[kMaxChunk];
+    std::vector<R> scratch(a.recompute ? T * chunk : 0);  // u of the chunk, [T, len]
     for (int64_t c = c_begin; c < c_end; ++c) {
       const int64_t n0 = c * chunk;
       const int64_t len = std::min(chunk, N - n0);
       gather_param(itau, a.tau, n0, len, a.inner, a.P);
       gather_param(th, a.vth, n0, len, a.inner, a.P);
-      for (int64_t i = 0; i < len; ++i) itau[i] = A(1) / itau[i];
       if (a.v_init != nullptr) {
         std::copy(a.v_init + n0, a.v_init + n0 + len, v0);
       } else {
         std::fill(v0, v0 + len, vr);
       }
+      // u[t] of the chunk is row t of u_rows, rows u_stride apart
+      const R* u_rows = a.saved + n0;
+      int64_t u_stride = N;
+      if (a.recompute) {  // itau holds tau and gv the membrane until they are set below
+        std::copy(v0, v0 + len, gv);
+        forward_chunk<S, DECAY, SOFT, false, true, false>(a.saved + n0, nullptr, scratch.data(), N, len, T, len, gv,
+                                                          itau, th, vr, false, nullptr);
+        u_rows = scratch.data();
+        u_stride = len;
+      }
+      for (int64_t i = 0; i < len; ++i) itau[i] = A(1) / itau[i];
       if (a.gv_last != nullptr) {
         std::copy(a.gv_last + n0, a.gv_last + n0 + len, gv);
       } else {
@@ -539,23 +572,24 @@ void backward_impl(const BwdArgs<S>& a) {
       std::fill(gtau, gtau + len, A(0));
       std::fill(gvth, gvth + len, A(0));
       if (T > 0) {
-        const auto* ur = a.u + (T - 1) * N + n0;
+        const R* ur = u_rows + (T - 1) * u_stride;
         for (int64_t i = 0; i < len; ++i) uc[i] = Storage<S>::load(ur[i]);
       }
       for (int64_t t = T - 1; t >= 0; --t) {
         const BwdFlags<A> f{mask_of<A>(a.detach), mask_of<A>(a.gv_last != nullptr || t < T - 1)};
-        const auto* gsr = a.gs + t * N + n0;
-        auto* gxr = a.gx + t * N + n0;
+        const R* gsr = a.gs + t * N + n0;
+        R* gxr = a.gx + t * N + n0;
         // rows of step t - 1, prefetched during this step
-        const auto* gs_next = t >= 1 ? gsr - N : nullptr;
-        const auto* u_next = t >= 2 ? a.u + (t - 2) * N + n0 : nullptr;
-        const auto* gx_next = t >= 1 ? gxr - N : nullptr;
+        const R* gs_next = t >= 1 ? gsr - N : nullptr;
+        const R* u_next = t >= 2 ? u_rows + (t - 2) * u_stride : nullptr;
+        const R* gx_next = t >= 1 ? gxr - N : nullptr;
         if (t > 0) {
-          backward_step<S, SURR, SOFT, DECAY, PARAMS, false>(len, gsr, a.u + (t - 1) * N + n0, gxr, gs_next, u_next,
-                                                     gx_next, uc, v0, th, itau, gv, gtau, gvth, k, vr, gc, f, a.stream);
+          backward_step<S, SURR, SOFT, DECAY, PARAMS, false>(len, gsr, u_rows + (t - 1) * u_stride, gxr, gs_next,
+                                                             u_next, gx_next, uc, v0, th, itau, gv, gtau, gvth, k, vr,
+                                                             gc, f, a.stream);
         } else {
           backward_step<S, SURR, SOFT, DECAY, PARAMS, true>(len, gsr, nullptr, gxr, nullptr, nullptr, nullptr, uc, v0,
-                                                    th, itau, gv, gtau, gvth, k, vr, gc, f, a.stream);
+                                                            th, itau, gv, gtau, gvth, k, vr, gc, f, a.stream);
         }
       }
       std::copy(gv, gv + len, a.gv_init + n0);
@@ -566,31 +600,9 @@ void backward_impl(const BwdArgs<S>& a) {
   });
 }
 
-// Outputs of at least this many bytes per [T, N] tensor are written with non-temporal stores. From
-// about a twelfth of the last-level cache on, the five [T, N] tensors of a forward+backward (x, spikes,
-// u, grad_spikes, grad_x) no longer stay in the cache from one pass to the next. Measured with a 32 MiB
-// L3 (AMD EPYC, 2 threads, float32): streaming is 6-11% slower at 2 and 2.5 MiB per tensor, 6% faster
-// at 3 MiB and 20-25% faster from 4 MiB on. TNA_STREAM_MIN_BYTES overrides it (0: always stream).
-int64_t stream_min_bytes() {
-  if (const char* env = std::getenv("TNA_STREAM_MIN_BYTES")) {
-    char* end = nullptr;
-    const long long bytes = std::strtoll(env, &end, 10);
-    TORCH_CHECK(end != env && *end == '\0' && bytes >= 0,
-                "TNA_STREAM_MIN_BYTES must be a number of bytes >= 0, got '", env, "'");
-    return bytes;
-  }
-  static const int64_t from_cache = [] {
-    int64_t kib = 0;  // the file reads like "32768K"
-    std::ifstream("/sys/devices/system/cpu/cpu0/cache/index3/size") >> kib;
-    return (kib > 0 ? kib * 1024 : int64_t(32) << 20) / 12;
-  }();
-  return from_cache;
-}
-
-// Whether to stream the rows of the [T, N] output t: large enough, and every row 64-byte aligned.
-bool stream_rows(const at::Tensor& t) {
-  return static_cast<int64_t>(t.nbytes()) >= stream_min_bytes() &&
-         reinterpret_cast<uintptr_t>(t.data_ptr()) % 64 == 0 && (t.size(1) * t.element_size()) % 64 == 0;
+// Whether every row of the [T, N] output t starts on a cache line (as non-temporal stores need).
+bool aligned_rows(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 64 == 0 && (t.size(1) * t.element_size()) % 64 == 0;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -648,7 +660,7 @@ void check_x(const at::Tensor& x, const char* name) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forward(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_threshold,
     const std::optional<at::Tensor>& v_init, double v_reset, bool soft_reset, bool decay_input,
-    int64_t inner, bool save_state, bool count_spikes) {
+    int64_t inner, bool save_state, bool count_spikes, bool stream) {
   check_x(x, "x");
   check_params(x, tau, v_threshold, v_init, inner);
   const int64_t T = x.size(0), N = x.size(1), P = tau.numel();
@@ -657,7 +669,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forward(
   at::Tensor v_last = at::empty({N}, x.options().dtype(sd));
   at::Tensor u = save_state ? at::empty({T, N}, x.options()) : at::empty({0}, x.options());
   int64_t total = 0;
-  const bool stream = stream_rows(spikes) && (!save_state || stream_rows(u));
+  stream = stream && aligned_rows(spikes) && (!save_state || aligned_rows(u));
 
   dispatch_storage(x.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
@@ -695,18 +707,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forward(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
-    const std::optional<at::Tensor>& grad_count, const at::Tensor& u,
+    const std::optional<at::Tensor>& grad_count, const at::Tensor& saved, bool recompute,
     const at::Tensor& tau, const at::Tensor& v_threshold, const std::optional<at::Tensor>& v_init,
     double v_reset, bool soft_reset, bool decay_input, bool detach_reset, int64_t surrogate_id,
-    double alpha, int64_t inner, bool need_tau_grad, bool need_vth_grad) {
+    double alpha, int64_t inner, bool need_tau_grad, bool need_vth_grad, bool stream) {
+  const char* name = recompute ? "x" : "u";
   check_x(grad_spikes, "grad_spikes");
-  check_x(u, "u");
-  TORCH_CHECK(u.sizes() == grad_spikes.sizes(), "lif: u must have the shape of grad_spikes ",
-              grad_spikes.sizes(), " (was the forward run with save_state=True?), got ", u.sizes());
-  TORCH_CHECK(u.scalar_type() == grad_spikes.scalar_type(), "lif: u and grad_spikes must have the same dtype, got ",
-              u.scalar_type(), " and ", grad_spikes.scalar_type());
+  check_x(saved, name);
+  TORCH_CHECK(saved.sizes() == grad_spikes.sizes(), "lif: ", name, " must have the shape of grad_spikes ",
+              grad_spikes.sizes(), recompute ? "" : " (was the forward run with save_state=True?)", ", got ",
+              saved.sizes());
+  TORCH_CHECK(saved.scalar_type() == grad_spikes.scalar_type(), "lif: ", name,
+              " and grad_spikes must have the same dtype, got ", saved.scalar_type(), " and ",
+              grad_spikes.scalar_type());
   TORCH_CHECK(surrogate_id >= 0 && surrogate_id <= 4, "lif: surrogate id must be in 0..4, got ", surrogate_id);
-  check_params(u, tau, v_threshold, v_init, inner);
+  check_params(saved, tau, v_threshold, v_init, inner);
+  const at::Tensor& u = saved;  // dtype, shape and options: the same for u and x
   const int64_t T = u.size(0), N = u.size(1), P = tau.numel();
   const auto sd = state_dtype(u.scalar_type());
   if (grad_v_last.has_value()) {
@@ -736,7 +752,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
     BwdArgs<S> a;
     a.gs = reinterpret_cast<const R*>(grad_spikes.data_ptr());
     a.gv_last = grad_v_last.has_value() ? grad_v_last->data_ptr<A>() : nullptr;
-    a.u = reinterpret_cast<const R*>(u.data_ptr());
+    a.saved = reinterpret_cast<const R*>(saved.data_ptr());
+    a.recompute = recompute;
     a.tau = tau.data_ptr<A>();
     a.vth = v_threshold.data_ptr<A>();
     a.v_init = v_init.has_value() ? v_init->data_ptr<A>() : nullptr;
@@ -747,7 +764,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
     a.grad_count = grad_count.has_value() ? static_cast<double>(grad_count->item<A>()) : 0.0;
     a.v_reset = v_reset;
     a.detach = detach_reset;
-    a.stream = stream_rows(grad_x);
+    a.stream = stream && aligned_rows(grad_x);
     a.alpha = alpha;
     a.T = T;
     a.N = N;
@@ -784,12 +801,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
 TORCH_LIBRARY(tna_cpp, m) {
   m.def(
       "lif_forward(Tensor x, Tensor tau, Tensor v_threshold, Tensor? v_init, float v_reset, "
-      "bool soft_reset, bool decay_input, int inner, bool save_state, bool count_spikes) "
+      "bool soft_reset, bool decay_input, int inner, bool save_state, bool count_spikes, bool stream) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor? grad_count, Tensor u, Tensor tau, "
-      "Tensor v_threshold, Tensor? v_init, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
-      "int surrogate, float alpha, int inner, bool need_tau_grad, bool need_vth_grad) "
+      "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor? grad_count, Tensor saved, bool recompute, "
+      "Tensor tau, Tensor v_threshold, Tensor? v_init, float v_reset, bool soft_reset, bool decay_input, "
+      "bool detach_reset, int surrogate, float alpha, int inner, bool need_tau_grad, bool need_vth_grad, bool stream) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -6,6 +6,7 @@ import torch
 
 from tna_kernels import lif_multistep
 from tna_kernels.ops.lif import SURROGATES
+from tna_kernels.ops.lif import op as lif_op
 
 from .helpers import KERNEL_BACKENDS, LIFCase, compare_case, kernel_device
 
@@ -150,24 +151,19 @@ def test_many_chunks_cpp(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("shape", [(7, 2, 3, 64), (4, 3, 1, 1072), (5, 3, 7, 41, 43)])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
-def test_streaming_stores_cpp(monkeypatch, dtype, shape, reset):
-    """The C++ kernels write large outputs with non-temporal stores; TNA_STREAM_MIN_BYTES=0 makes every
-    output large. Rows of a whole number of cache lines are streamed (2 x 3 x 64 and 3 x 1072 neurons, in
-    several chunks), others fall back to plain stores (37023 neurons)."""
-    monkeypatch.setenv("TNA_STREAM_MIN_BYTES", "0")
+def test_large_input_path_cpp(monkeypatch, dtype, shape, reset):
+    """Inputs large against the CPU cache (here a cache of 64 bytes): the C++ kernels write with
+    non-temporal stores and recompute u in the backward instead of saving it. Rows of a whole number of
+    cache lines are streamed (2 x 3 x 64 and 3 x 1072 neurons, in several chunks), others fall back to
+    plain stores (37023 neurons)."""
+    monkeypatch.setattr(lif_op, "CPU_CACHE_BYTES", 64)
     case = LIFCase(shape, dtype, {"v_reset": RESETS[reset]}, params="channel", v_init=True, state_grad=True,
                    count=True)
-    out, _ = compare_case(case, "cpp", seed=sum(shape))
+    compare_case(case, "cpp", seed=sum(shape))
     x = case.inputs("cpu", sum(shape))["x"]
     with torch.no_grad():
         spikes = lif_multistep(x, v_reset=RESETS[reset], backend="cpp")
     torch.testing.assert_close(spikes, lif_multistep(x, v_reset=RESETS[reset], backend="torch"), rtol=0, atol=0)
-
-
-def test_streaming_threshold_must_be_a_byte_count(monkeypatch):
-    monkeypatch.setenv("TNA_STREAM_MIN_BYTES", "lots")
-    with pytest.raises(RuntimeError, match="TNA_STREAM_MIN_BYTES must be a number of bytes"):
-        lif_multistep(torch.randn(2, 16), backend="cpp")
 
 
 @pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])

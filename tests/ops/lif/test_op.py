@@ -87,12 +87,15 @@ def test_opcheck_forward(backend, save_state, count_spikes):
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("with_count", [True, False])
-def test_opcheck_backward(backend, with_count):
+@pytest.mark.parametrize("recompute", [True, False])
+def test_opcheck_backward(backend, with_count, recompute):
     x, tau, vth, v_init = _op_args(kernel_device(backend), True, requires_grad=False)
     _, _, u, _ = torch.ops.tna.lif_forward(x, tau, vth, v_init, [0.0, 1.0], [1, 0, 0, 3, 1, 0], backend)
     grad_spikes, grad_v = torch.randn_like(x), torch.randn_like(v_init)
     grad_count = torch.tensor(0.75, device=x.device) if with_count else None
-    args = (grad_spikes, grad_v, grad_count, u, tau, vth, v_init, 0.0, True, False, False, 3, 1.0, True, True, backend)
+    saved = x if recompute else u
+    args = (grad_spikes, grad_v, grad_count, saved, recompute, tau, vth, v_init, 0.0, True, False, False, 3, 1.0,
+            True, True, backend)
     torch.library.opcheck(torch.ops.tna.lif_backward.default, args)
 
 

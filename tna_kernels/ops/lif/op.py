@@ -8,8 +8,8 @@ as much as the kernels themselves take on a small layer. The ``torch`` backend i
 itself, differentiated by autograd.
 """
 import math
-import os
 import types
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -34,6 +34,37 @@ def _kernels(backend: str):
     return types.SimpleNamespace(
         lif_forward=torch.ops.tna_cpp.lif_forward, lif_backward=torch.ops.tna_cpp.lif_backward
     )
+
+
+def _last_level_cache_bytes() -> int:
+    """The CPU's last-level cache size as Linux reports it, or 32 MiB where it cannot be read."""
+    try:
+        size = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()  # e.g. "32768K"
+        return int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20}[size[-1]]
+    except (OSError, ValueError, KeyError, IndexError):
+        return 32 << 20
+
+
+CPU_CACHE_BYTES = _last_level_cache_bytes()
+
+
+def _streams(t: Tensor) -> bool:
+    """Whether the C++ kernels write ``[T, N]`` outputs of t's size with non-temporal stores: from about a
+    twelfth of the last-level cache on, the five such tensors of a forward+backward (x, spikes, u,
+    grad_spikes, grad_x) do not stay in the cache from one pass to the next, and a store that skips reading
+    the old line first halves the traffic of an output. On a 32 MiB L3 (AMD EPYC, 2 threads, float32) a
+    forward+backward that streams is 6-11% slower at 2 and 2.5 MiB per tensor, 6% faster at 3 MiB and
+    20-25% faster from 4 MiB on."""
+    return t.numel() * t.element_size() >= CPU_CACHE_BYTES // 12
+
+
+def _recomputes(t: Tensor) -> bool:
+    """Whether the C++ backend saves x rather than u for a training input t, and reruns the forward inside
+    the backward (in L2-sized chunks): from an eighth of the last-level cache on, the 8 bytes per
+    neuron-step it saves in float32 (u written, then read) cost more than the forward's arithmetic. On a
+    32 MiB L3, its forward+backward is 8-16% slower at 2 and 3 MiB per tensor and 9-20% faster from
+    4 MiB on. The memory kept for the backward is the same size either way."""
+    return t.numel() * t.element_size() >= CPU_CACHE_BYTES // 8
 
 
 def _inner(shape, num_params: int) -> int:
@@ -75,6 +106,7 @@ def lif_forward(
         _inner(x.shape, tau.numel()),
         bool(save_state),
         bool(count_spikes),
+        backend == "cpp" and _streams(x),
     )
     return spikes.view(x.shape), v_last.view(x.shape[1:]), u.view(x.shape) if save_state else u, count
 
@@ -101,7 +133,8 @@ def lif_backward(
     grad_spikes: Tensor,
     grad_v_last: Optional[Tensor],
     grad_count: Optional[Tensor],
-    u: Tensor,
+    saved: Tensor,
+    recompute: bool,
     tau: Tensor,
     v_threshold: Tensor,
     v_init: Optional[Tensor],
@@ -117,18 +150,20 @@ def lif_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused reverse-time LIF backward.
 
-    grad_spikes and u ``[T, *]`` (x's dtype), grad_v_last ``[*]`` or None, grad_count (the gradient of
-    the spike count, added to every spike's gradient in the sweep) 0-d in the state dtype or None.
-    Returns grad_x ``[T, *]``, grad_v_init ``[*]`` (state dtype), grad_tau and grad_v_threshold ``[P]``
-    (empty when not requested).
+    grad_spikes ``[T, *]`` (x's dtype), grad_v_last ``[*]`` or None, grad_count (the gradient of the spike
+    count, added to every spike's gradient in the sweep) 0-d in the state dtype or None; ``saved`` the
+    forward's u ``[T, *]`` (x's dtype), or when ``recompute`` its input x, from which the backend reruns the
+    forward. Returns grad_x ``[T, *]``, grad_v_init ``[*]`` (state dtype), grad_tau and grad_v_threshold
+    ``[P]`` (empty when not requested).
     """
-    steps, neurons = u.shape[0], math.prod(u.shape[1:])
-    inner = _inner(u.shape, tau.numel())
+    steps, neurons = saved.shape[0], math.prod(saved.shape[1:])
+    inner = _inner(saved.shape, tau.numel())
     grad_x, grad_v_init, grad_tau, grad_vth = _kernels(backend).lif_backward(
         grad_spikes.reshape(steps, neurons).contiguous(),
         None if grad_v_last is None else grad_v_last.reshape(neurons).contiguous(),
         grad_count,
-        u.reshape(steps, neurons),
+        saved.reshape(steps, neurons),
+        recompute,
         tau,
         v_threshold,
         None if v_init is None else v_init.reshape(neurons),
@@ -141,10 +176,11 @@ def lif_backward(
         inner,
         need_tau_grad,
         need_vth_grad,
+        backend == "cpp" and _streams(saved),
     )
     return (
-        grad_x.view(u.shape),
-        grad_v_init.view(u.shape[1:]),
+        grad_x.view(saved.shape),
+        grad_v_init.view(saved.shape[1:]),
         _per_parameter(grad_tau, tau.numel(), inner),
         _per_parameter(grad_vth, tau.numel(), inner),
     )
@@ -163,26 +199,27 @@ def _per_parameter(per_neuron: Tensor, num_params: int, inner: int) -> Tensor:
 
 
 @lif_backward_op.register_fake
-def _(grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init, v_reset, soft_reset, decay_input,
-      detach_reset, surrogate, alpha, need_tau_grad, need_vth_grad, backend):
-    sd = state_dtype(u.dtype)
+def _(grad_spikes, grad_v_last, grad_count, saved, recompute, tau, v_threshold, v_init, v_reset, soft_reset,
+      decay_input, detach_reset, surrogate, alpha, need_tau_grad, need_vth_grad, backend):
+    sd = state_dtype(saved.dtype)
     num_params = tau.numel()
     return (
-        torch.empty_like(u),
-        u.new_empty(u.shape[1:], dtype=sd),
-        u.new_empty(num_params if need_tau_grad else 0, dtype=sd),
-        u.new_empty(num_params if need_vth_grad else 0, dtype=sd),
+        torch.empty_like(saved),
+        saved.new_empty(saved.shape[1:], dtype=sd),
+        saved.new_empty(num_params if need_tau_grad else 0, dtype=sd),
+        saved.new_empty(num_params if need_vth_grad else 0, dtype=sd),
     )
 
 
-def _setup_context(ctx, inputs, output, functions=(lif_forward_op, lif_backward_op)):
-    """Autograd context of a forward; ``functions`` are the (forward, backward) the backward calls: the
-    custom ops (what torch.compile traces), or the plain functions for ``_EagerLIF``."""
+def _setup_context(ctx, inputs, output, eager=False):
+    """Autograd context of a forward: the backward calls the custom op (what torch.compile traces), or for
+    ``_EagerLIF`` (``eager``) the plain function. A forward that did not save u saves x, from which the
+    backward kernels recompute u."""
     x, tau, v_threshold, v_init, scalars, flags, backend = inputs
     save_state, count_spikes = flags[4], flags[5]
     ctx.scalars, ctx.flags = scalars, flags
     ctx.backend = backend
-    ctx.functions = functions
+    ctx.eager = eager
     ctx.recompute = not save_state
     ctx.save_for_backward(x if ctx.recompute else output[2], tau, v_threshold, v_init)
     # u, and the count when it was not asked for (then an empty placeholder)
@@ -192,19 +229,14 @@ def _setup_context(ctx, inputs, output, functions=(lif_forward_op, lif_backward_
 
 def _backward(ctx, grad_spikes, grad_v_last, grad_u, grad_count):
     saved, tau, v_threshold, v_init = ctx.saved_tensors
-    forward, backward = ctx.functions
     v_reset, alpha = ctx.scalars
     soft_reset, decay_input, detach_reset, surrogate = ctx.flags[:4]
-    u = saved
-    if ctx.recompute:
-        flags = _forward_flags(soft_reset, decay_input, detach_reset, surrogate, save_state=True, count_spikes=False)
-        u = forward(saved, tau, v_threshold, v_init, ctx.scalars, flags, ctx.backend)[2]
     need_x, need_tau, need_vth, need_v_init = ctx.needs_input_grad[:4]
     if grad_spikes is None:
-        grad_spikes = torch.zeros_like(u)
-    grad_x, grad_v_init, grad_tau, grad_vth = backward(
-        grad_spikes, grad_v_last, grad_count, u, tau, v_threshold, v_init, v_reset, bool(soft_reset),
-        bool(decay_input), bool(detach_reset), surrogate, alpha, need_tau, need_vth, ctx.backend,
+        grad_spikes = torch.zeros_like(saved)
+    grad_x, grad_v_init, grad_tau, grad_vth = (lif_backward if ctx.eager else lif_backward_op)(
+        grad_spikes, grad_v_last, grad_count, saved, ctx.recompute, tau, v_threshold, v_init, v_reset,
+        bool(soft_reset), bool(decay_input), bool(detach_reset), surrogate, alpha, need_tau, need_vth, ctx.backend,
     )
     return (
         grad_x if need_x else None,
@@ -224,8 +256,7 @@ class _EagerLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, tau, v_threshold, v_init, scalars, flags, backend):
         output = lif_forward(x, tau, v_threshold, v_init, scalars, flags, backend)
-        _setup_context(ctx, (x, tau, v_threshold, v_init, scalars, flags, backend), output,
-                       (lif_forward, lif_backward))
+        _setup_context(ctx, (x, tau, v_threshold, v_init, scalars, flags, backend), output, eager=True)
         return output
 
     @staticmethod
@@ -331,7 +362,8 @@ def lif_multistep(
         return_count: also return the number of spikes, counted by the kernels in the same pass as the
             spikes. It is differentiable (d count / d spikes = 1: a spike-count penalty's gradient is
             added to every spike's gradient inside the backward sweep).
-        memory_saving: keep nothing for backward but ``x``; the membrane is recomputed in backward.
+        memory_saving: keep nothing for backward but ``x``; the membrane is recomputed in backward. (The C++
+            backend does so anyway for inputs past an eighth of the CPU's last-level cache, where it is faster.)
         backend: "auto", "torch" (the reference loop), "cpp" or "triton"; "auto" honours ``TNA_BACKEND``.
 
     Returns:
@@ -367,8 +399,10 @@ def lif_multistep(
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, tau_t, v_threshold_t, v_init_t)
         )
+        # the C++ kernels recompute u from x when that moves fewer bytes than saving it
+        save_u = needs_grad and not memory_saving and not (backend == "cpp" and _recomputes(x))
         flags = _forward_flags(v_reset is None, bool(decay_input), bool(detach_reset), SURROGATES[surrogate].id,
-                               needs_grad and not memory_saving, bool(return_count))
+                               save_u, bool(return_count))
         scalars = [0.0 if v_reset is None else float(v_reset), alpha]
         if torch.compiler.is_compiling():
             forward = lif_forward_op

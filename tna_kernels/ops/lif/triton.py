@@ -372,6 +372,7 @@ def lif_forward(
     inner: int,
     save_state: bool,
     count_spikes: bool,
+    stream: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multi-step LIF forward over all T timesteps in one launch.
 
@@ -386,6 +387,7 @@ def lif_forward(
         inner: int >= 1, product of the dims after the channel dim.
         save_state: also return ``u = h - v_threshold`` for the backward.
         count_spikes: also return the number of spikes, counted in the same pass.
+        stream: the C++ kernels' hint that the outputs will not stay in the cache; unused here.
 
     Returns:
         spikes ``[T, N]`` in x's dtype (0 or 1), v_last ``[N]`` in the state dtype, u ``[T, N]`` in x's
@@ -427,7 +429,8 @@ def lif_backward(
     grad_spikes: torch.Tensor,
     grad_v_last: torch.Tensor | None,
     grad_count: torch.Tensor | None,
-    u: torch.Tensor,
+    saved: torch.Tensor,
+    recompute: bool,
     tau: torch.Tensor,
     v_threshold: torch.Tensor,
     v_init: torch.Tensor | None,
@@ -440,6 +443,7 @@ def lif_backward(
     inner: int,
     need_tau_grad: bool,
     need_vth_grad: bool,
+    stream: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reverse-time LIF backward with a surrogate spike derivative, one launch for all T steps.
 
@@ -448,18 +452,25 @@ def lif_backward(
         grad_v_last: gradient of v_last ``[N]`` in the state dtype, or None (zero).
         grad_count: gradient of the spike count, 0-d in the state dtype, or None (zero); it is added
             to the gradient of every spike.
-        u: ``h - v_threshold`` ``[T, N]`` in x's dtype, as saved by ``lif_forward(save_state=True)``.
+        saved: ``u = h - v_threshold`` ``[T, N]`` in x's dtype, as saved by ``lif_forward(save_state=True)``;
+            or, when ``recompute``, the forward's input x, from which a forward launch remakes u.
         tau, v_threshold, v_init, v_reset, soft_reset, decay_input, inner: as in the forward.
         detach_reset: the reset carries no gradient through the spike.
         surrogate: surrogate id of ``surrogate.py`` (0 atan, 1 sigmoid, 2 fast_sigmoid,
             3 triangle, 4 rectangle); alpha: its sharpness (> 0).
         need_tau_grad, need_vth_grad: compute the per-neuron tau / v_threshold gradients.
+        stream: as in the forward (unused here).
 
     Returns:
         grad_x ``[T, N]`` in x's dtype, grad_v_init ``[N]`` in the state dtype, and grad_tau,
         grad_vth ``[N]`` in the state dtype holding each neuron's sum over t (empty ``(0,)``
         tensors when not requested).
     """
+    if recompute:
+        _check_time_major("x", saved)
+        u = lif_forward(saved, tau, v_threshold, v_init, v_reset, soft_reset, decay_input, inner, True, False)[2]
+    else:
+        u = saved
     _check_time_major("u", u)
     T, N = u.shape
     state = state_dtype(u.dtype)
