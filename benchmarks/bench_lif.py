@@ -9,8 +9,8 @@ it shares (a peer that cannot share our equations is timed and marked as such).
 Shapes: CPU [T=16, B=32, 4096] (the LIF issue's shape), [T=4, B=64, 128x16x16], T in {4, 8, 32} at
 32x4096 and neuron counts 32x1024 and 32x16384 at T=16, float32 (and bfloat16 at the first shape);
 GPU [T, 64 x 65536] for T in {4, 8, 16, 32}, float32 and bfloat16. Forward is inference
-(``torch.no_grad``); forward+backward uses a random upstream gradient. GB/s counts the minimum bytes moved,
-next to the measured device copy bandwidth. Peak memory is what one call adds to the inputs
+(``torch.no_grad``); forward+backward uses a random upstream gradient. GB/s counts the bytes of
+``BYTES_PER_ELEMENT`` per neuron-step, next to the measured device copy bandwidth. Peak memory is what one call adds to the inputs
 (``common.peak_memory_mib``; on CPU measured in a separate process, and not for ``torch.compile``).
 
 Our kernel is timed twice: as is, and "+ count": also returning the fused spike count, whose penalty
@@ -40,8 +40,9 @@ CPU_SHAPES = ([(16, 32, 4096), (4, 64, 128, 16, 16)] + [(t, 32, 4096) for t in (
               + [(16, 32, n) for n in (1024, 16384)])
 GPU_SHAPES = [(t, 64 * 65536) for t in (4, 8, 16, 32)]
 
-# Minimum bytes per neuron-step, in units of the element size: forward reads x and writes spikes;
-# the training forward also writes u; the backward reads grad_spikes and u and writes grad_x.
+# Bytes per neuron-step, in units of the element size, that GB/s counts: the forward reads x and writes
+# spikes; the training forward also writes u; the backward reads grad_spikes and u and writes grad_x.
+# (Our CPU kernels move one fewer at large sizes, where the backward re-reads x instead of a saved u.)
 BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}
 
 # Gradient of the spike count (the weight of a spike-count penalty) in the "+ count" entries.
