@@ -312,16 +312,23 @@ __attribute__((always_inline)) inline void prefetch_at(const R* p, int64_t i) {
 // The forward over T steps of one chunk of len neurons. x and spikes are the chunk's first row, with
 // rows N apart; u (SAVE) the first row of the saved u = h - v_threshold, with rows u_stride apart.
 // v holds the membrane (v_init on entry, v_T on exit), tl / th the chunk's tau / v_threshold.
-// SPIKES: write the spikes (the backward's recompute only needs u). COUNT: add the spikes, per lane of
-// a cache line, to lanes. stream: write spikes and u with non-temporal stores.
+// SPIKES: write the spikes (the backward's recompute only needs u). stream: write spikes and u with
+// non-temporal stores. Returns the number of spikes when COUNT (SPIKES too), else 0: each line of spikes,
+// read back from its line buffer, adds its nonzero elements to per-lane counters held in a vector
+// register (a GCC vector variable; an array of counters would go through memory on every line), which
+// are summed after every row. Exact: a lane gets at most kMaxChunk / kLine <= 512 per row.
 template <typename S, bool DECAY, bool SOFT, bool SPIKES, bool SAVE, bool COUNT>
-inline void forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u,
-                          int64_t N, int64_t u_stride, int64_t T, int64_t len, acc_t<S>* __restrict v,
-                          const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th, acc_t<S> vr, bool stream,
-                          bits_t<acc_t<S>>* __restrict lanes) {
+inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u,
+                             int64_t N, int64_t u_stride, int64_t T, int64_t len, acc_t<S>* __restrict v,
+                             const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th, acc_t<S> vr,
+                             bool stream) {
   using A = acc_t<S>;
   using R = raw_t<S>;
+  // integers as wide as R: a line of raw spikes, and the counters (negative: a true comparison is -1)
+  using Bits = std::conditional_t<sizeof(R) == 2, int16_t, std::conditional_t<sizeof(R) == 4, int32_t, int64_t>>;
+  typedef Bits BitsLine __attribute__((vector_size(64)));
   constexpr int64_t kLine = 64 / sizeof(R);
+  int64_t count = 0;
   alignas(64) R s_line[kLine];
   alignas(64) R u_line[kLine];
   for (int64_t t = 0; t < T; ++t) {
@@ -357,26 +364,35 @@ inline void forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict spi
       }
       if constexpr (SPIKES) s_line[j] = fire ? Storage<S>::kOne : R(0);
       if constexpr (SAVE) u_line[j] = Storage<S>::store(ut + A(0));  // + 0 turns -0 into +0
-      if constexpr (COUNT) lanes[j] += bits_t<A>(fire);
     };
+    BitsLine fired = {};
     sweep_lines<R>(len, ahead, body, [&](int64_t i0, int64_t n) __attribute__((always_inline)) {
+      if constexpr (COUNT) {
+        if (n == kLine) {
+          BitsLine bits;
+          std::memcpy(&bits, s_line, 64);
+          fired += bits != 0;
+        } else {
+          for (int64_t j = 0; j < n; ++j) count += s_line[j] != R(0);
+        }
+      }
       if constexpr (SPIKES) write_line(sr + i0, s_line, n, stream);
       if constexpr (SAVE) write_line(ur + i0, u_line, n, stream);
     });
+    if constexpr (COUNT) {
+      for (int64_t j = 0; j < kLine; ++j) count -= static_cast<int64_t>(fired[j]);
+    }
   }
+  return count;
 }
 
-// Returns the number of spikes when COUNT (else 0). They are counted while they are written, per
-// lane of a cache line in registers; each chunk sums its lanes, and the chunks' counts are summed
-// in a fixed order after the parallel loop. Exact: a lane holds at most T * kMaxChunk / 16 spikes
-// (32-bit lanes for float state, 64-bit for double).
+// Returns the number of spikes when COUNT (else 0): the chunks' counts, summed in a fixed order after the
+// parallel loop.
 template <typename S, bool DECAY, bool SOFT, bool SAVE, bool COUNT>
 int64_t forward_impl(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u_out,
                      acc_t<S>* __restrict v_last, const acc_t<S>* tau, const acc_t<S>* vth, const acc_t<S>* v_init,
                      double v_reset, int64_t T, int64_t N, int64_t inner, int64_t P, bool stream) {
   using A = acc_t<S>;
-  using Lane = bits_t<A>;  // an integer as wide as A, so the count vectorizes with the compare
-  constexpr int64_t kLine = 64 / sizeof(raw_t<S>);
   const A vr = static_cast<A>(v_reset);
   const int64_t chunk = chunk_for(N);
   const int64_t nchunks = (N + chunk - 1) / chunk;
@@ -386,7 +402,6 @@ int64_t forward_impl(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, 
     alignas(64) A tl[kMaxChunk];
     alignas(64) A th[kMaxChunk];
     for (int64_t c = c_begin; c < c_end; ++c) {
-      alignas(64) Lane lanes[kLine] = {};
       const int64_t n0 = c * chunk;
       const int64_t len = std::min(chunk, N - n0);
       gather_param(tl, tau, n0, len, inner, P);
@@ -396,14 +411,10 @@ int64_t forward_impl(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, 
       } else {
         std::fill(v, v + len, vr);
       }
-      forward_chunk<S, DECAY, SOFT, true, SAVE, COUNT>(x + n0, spikes + n0, SAVE ? u_out + n0 : nullptr, N, N, T,
-                                                       len, v, tl, th, vr, stream, lanes);
+      const int64_t count = forward_chunk<S, DECAY, SOFT, true, SAVE, COUNT>(
+          x + n0, spikes + n0, SAVE ? u_out + n0 : nullptr, N, N, T, len, v, tl, th, vr, stream);
       std::copy(v, v + len, v_last + n0);
-      if constexpr (COUNT) {
-        int64_t count = 0;
-        for (int64_t j = 0; j < kLine; ++j) count += static_cast<int64_t>(lanes[j]);
-        counts[c] = count;
-      }
+      if constexpr (COUNT) counts[c] = count;
     }
     if (stream) store_fence();
   });
@@ -559,7 +570,7 @@ void backward_impl(const BwdArgs<S>& a) {
       if (a.recompute) {  // itau holds tau and gv the membrane until they are set below
         std::copy(v0, v0 + len, gv);
         forward_chunk<S, DECAY, SOFT, false, true, false>(a.saved + n0, nullptr, scratch.data(), N, len, T, len, gv,
-                                                          itau, th, vr, false, nullptr);
+                                                          itau, th, vr, false);
         u_rows = scratch.data();
         u_stride = len;
       }
