@@ -112,6 +112,21 @@ def _select_spikingjelly(implementation: str) -> None:
         selection._compiled_selections.clear()
 
 
+def leaky_time_loop(leaky) -> Callable:
+    """A function of ``x`` ``[T, *]`` returning the spikes ``[T, *]`` of the snnTorch ``Leaky`` stepped over
+    time from a zero membrane."""
+
+    def run(x):
+        mem = leaky.reset_mem()
+        spikes = []
+        for x_t in x:
+            spk, mem = leaky(x_t, mem)
+            spikes.append(spk)
+        return torch.stack(spikes)
+
+    return run
+
+
 def _snntorch(device: str) -> list:
     """snnTorch ``Leaky`` in a Python time loop, under the options of ours that it equals.
 
@@ -128,15 +143,7 @@ def _snntorch(device: str) -> list:
         beta=1 - 1 / TAU, threshold=V_THRESHOLD, reset_mechanism="zero", reset_delay=True,
         spike_grad=surrogate.atan(alpha=ATAN_ALPHA),
     ).to(device)
-
-    def run(x):
-        mem = leaky.reset_mem()
-        spikes = []
-        for x_t in x:
-            spk, mem = leaky(x_t, mem)
-            spikes.append(spk)
-        return torch.stack(spikes)
-
+    run = leaky_time_loop(leaky)
     ours = dict(decay_input=False, detach_reset=True, v_threshold=ABOVE_V_THRESHOLD)
     note = ("Leaky(beta=0.5, reset_mechanism='zero', reset_delay=True, atan(2)) = ours with decay_input=False, "
             "detach_reset=True; fires on h > threshold (ours >=: differs only on exact ties)")

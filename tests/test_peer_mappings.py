@@ -6,11 +6,16 @@ snnTorch ``Leaky(beta, threshold, reset_mechanism="zero")`` is our LIF with ``ta
 fire on ``h >= v_threshold``, which only differs when the membrane lands exactly on the threshold.
 """
 import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import tna_kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import peers  # noqa: E402
 
 needs_snntorch = pytest.mark.skipif(importlib.util.find_spec("snntorch") is None, reason="needs snntorch")
 
@@ -56,20 +61,11 @@ def test_readme_snntorch_leaky_example():
 
 
 def _leaky_run(**leaky_options):
-    """An snnTorch Leaky over ``x`` ``[T, *]`` in a time loop from a zero membrane; spikes ``[T, *]``."""
+    """An snnTorch Leaky, and its time loop from the benchmarks (``peers.leaky_time_loop``)."""
     import snntorch as snn
 
     leaky = snn.Leaky(**leaky_options)
-
-    def run(x):
-        mem = leaky.reset_mem()
-        spikes = []
-        for x_t in x:
-            spk, mem = leaky(x_t, mem)
-            spikes.append(spk)
-        return torch.stack(spikes)
-
-    return leaky, run
+    return leaky, peers.leaky_time_loop(leaky)
 
 
 @needs_snntorch
