@@ -58,14 +58,26 @@ _MIN_SPLIT_K = 32 if _INTERPRET else 512
 _MAX_SPLIT_K = 64
 
 
+# Float32 x runs IEEE float32 dots on the FMA units, with both tiles in registers: its launches take only
+# the configs of at most _FP32_TILE multiply-adds per K step, among them the float32-only shapes below; the
+# other launches (int8 and 16-bit dots, on tensor cores) take every config but those. On sm_90 the larger
+# tiles spill kilobytes of registers a thread in float32, these at most a few hundred bytes
+# (``benchmarks/hopper_compile.py``).
+_FP32_TILE = 64 * 64 * 16
+_FP32_SMALL_M = [(32, 32), (64, 32), (16, 64)]
+"""(BLOCK_N, BLOCK_K) of the float32-only small-M configs (BLOCK_M = 16)."""
+_FP32_TILED = [(32, 32, 32, 4, 4), (32, 64, 32, 4, 4), (64, 32, 32, 4, 4), (16, 64, 32, 4, 4)]
+"""(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the float32-only tiled configs."""
+_FP32_ONLY = {(16, n, k) for n, k in _FP32_SMALL_M} | {(m, n, k) for m, n, k, _, _ in _FP32_TILED}
+
+
 def _small_m_configs() -> list:
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 1}, num_warps=4)]
     return [
         triton.Config({"BLOCK_M": 16, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 1},
                       num_warps=4, num_stages=num_stages)
-        for block_n in (32, 64, 128)
-        for block_k in (64, 128, 256)
+        for block_n, block_k in [(n, k) for n in (32, 64, 128) for k in (64, 128, 256)] + _FP32_SMALL_M
         for num_stages in (3, 4)
     ]
 
@@ -79,7 +91,7 @@ def _tiled_configs() -> list:
     ]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in shapes
+        for bm, bn, bk, w, s in shapes + _FP32_TILED
     ]
 
 
@@ -93,20 +105,18 @@ def _grad_input_configs() -> list:
     ]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in shapes
+        for bm, bn, bk, w, s in shapes + _FP32_TILED
     ]
 
 
 def _prune_fp32_configs(configs, named_args, **kwargs) -> list:
-    """IEEE float32 dots run on the FMA units with both tiles in registers: drop the configs whose
-    tiles would spill (int8 and 16-bit dots keep every config)."""
-    if kwargs.get("PRECISION") != "ieee" or kwargs.get("SPIKES", False):
-        return configs
-    small = [
-        c for c in configs
-        if c.kwargs["BLOCK_K"] * max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 8192
-    ]
-    return small or configs[:1]
+    """The configs for a float32 launch (at most ``_FP32_TILE`` per K step) or for any other (every
+    config but the float32-only shapes)."""
+    fp32 = kwargs.get("PRECISION") == "ieee" and not kwargs.get("SPIKES", False)
+    tiles = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in configs]
+    if fp32:
+        return [c for c, (m, n, k) in zip(configs, tiles) if m * n * k <= _FP32_TILE]
+    return [c for c, tile in zip(configs, tiles) if tile not in _FP32_ONLY]
 
 
 _PRUNE = {"early_config_prune": _prune_fp32_configs}
@@ -410,8 +420,10 @@ def ternary_conv2d_fwd_kernel(
     i_m, i_n = _tile_index(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     i_g = tl.program_id(1).to(tl.int64)
     n_groups = tl.num_programs(1)
-    o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Pixel, tap and in-image indices are int32 (the host checks M and C_g * H * W against 2**31):
+    # they fill [BLOCK_M, BLOCK_K] tiles, where int64 would double their registers. Image bases are int64.
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_m = o_m < M
     m_n = o_n < N
     o_c = i_g * N + o_n
@@ -422,7 +434,7 @@ def ternary_conv2d_fwd_kernel(
     o_ih = (o_p // W_out) * stride_h - pad_h
     o_iw = (o_p % W_out) * stride_w - pad_w
     c_group = K // (KH * KW)
-    o_x = (o_b * C + i_g * c_group) * H * W
+    p_img = x + (o_b.to(tl.int64) * C + i_g * c_group) * H * W
 
     if SPIKES:
         b_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
@@ -431,20 +443,20 @@ def ternary_conv2d_fwd_kernel(
     b_acc_n = tl.zeros_like(b_acc)
 
     for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        o_k = k0 + tl.arange(0, BLOCK_K)
         o_ci = o_k // (KH * KW)
         o_tap = o_k % (KH * KW)
         b_ih = o_ih[:, None] + ((o_tap // KW) * dil_h)[None, :]
         b_iw = o_iw[:, None] + ((o_tap % KW) * dil_w)[None, :]
         m_x = (m_m[:, None] & (o_k < K)[None, :]) & ((b_ih >= 0) & (b_ih < H)) & ((b_iw >= 0) & (b_iw < W))
-        p_x = x + o_x[:, None] + (o_ci * H * W)[None, :] + b_ih * W + b_iw
+        p_x = p_img[:, None] + ((o_ci * H * W)[None, :] + b_ih * W + b_iw)
         b_x = tl.load(p_x, mask=m_x, other=0)
         o_w = k0 // _WORD + tl.arange(0, BLOCK_K // _WORD)
         b_c = _load_codes_t(packed, o_c, m_n, o_w, n_words, BLOCK_N, BLOCK_K)
         b_acc, b_acc_n = _accumulate(b_x, b_c, b_acc, b_acc_n, SPIKES, ASYM, DOT_F32, PRECISION)
 
     b_y = _scale_bias(b_acc, b_acc_n, scale, bias, o_c, m_n, n_groups * N, ASYM, HAS_BIAS)
-    p_y = y + (o_b * (n_groups * N) * hw_out + o_p)[:, None] + (o_c * hw_out)[None, :]
+    p_y = y + (o_b.to(tl.int64) * (n_groups * N) * hw_out + o_p)[:, None] + (o_c * hw_out)[None, :]
     tl.store(p_y, _round_to(b_y, y.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
 
 
@@ -683,6 +695,11 @@ def ternary_conv2d(
     m, n, k = b * h_out * w_out, o // groups, c_group * kh * kw
     if m == 0 or n == 0:
         return y
+    if m > 2**31 - 1024 or c_group * h * w >= 2**31:
+        raise ValueError(
+            f"ternary_conv2d indexes output pixels and one image's channel group in int32: {m} output pixels "
+            f"and {c_group * h * w} elements per group are too many; split the batch or the channels"
+        )
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), groups)

@@ -1,0 +1,348 @@
+"""Compile every Triton launch of the package for an NVIDIA Hopper GPU (sm_90) on a machine without one,
+and report what each autotune config costs in registers, spills and shared memory.
+
+The launch functions of ``tna_kernels/ops/*/triton.py`` are called on small CPU tensors (``LAUNCHES``)
+with their kernels swapped for recorders. Each distinct launch (argument types, constexpr flags) is then
+compiled with Triton's ahead-of-time compiler for ``GPUTarget("cuda", 90, 32)`` in every autotune config
+its pruning keeps, and ``cuobjdump -res-usage`` reads the registers, the stack (register spills) and the
+shared memory of the cubin. A kernel branch that does not compile for Hopper (a type error in one
+constexpr combination, say) then fails here, on a CPU-only machine, instead of on the first GPU run;
+the interpreter that runs the kernels in the CPU tests cannot show that, nor what a config spills.
+
+Pointer arguments are compiled as 16-byte aligned and integer arguments divisible by 16 as such, which is
+what Triton specializes on a real launch of the benchmark shapes. The launch shapes themselves are small:
+only types and flags reach the compiler.
+
+    python benchmarks/hopper_compile.py                 # all configs: results/hopper_compile_sm90.{json,md}
+    python benchmarks/hopper_compile.py --first-config  # one config per launch (the test suite's check)
+    python benchmarks/hopper_compile.py --only conv2d   # the launch cases whose name holds "conv2d"
+"""
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The kernels must be JIT functions, not the interpreter's: this must precede importing the kernel modules.
+os.environ.pop("TRITON_INTERPRET", None)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
+
+from tna_kernels.ops.lif import triton as lif_triton  # noqa: E402
+from tna_kernels.ops.ternary import triton as ternary_triton  # noqa: E402
+from tna_kernels.ops.ternary.format import pack_ternary  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = GPUTarget("cuda", 90, 32)
+# H100 / H200 limits per thread block: 255 registers a thread, 64 Ki registers, 227 KiB of shared memory.
+MAX_REGISTERS_PER_BLOCK = 65536
+MAX_SHARED_BYTES = 227 * 1024
+KERNELS = {
+    lif_triton: ["lif_fwd_kernel", "lif_bwd_kernel"],
+    ternary_triton: ["_linear_small_m", "_linear_tiled", "ternary_linear_finish_kernel",
+                     "ternary_linear_bwd_input_kernel", "ternary_conv2d_fwd_kernel"],
+}
+TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+         torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.int8: "i8"}
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _lif_forward(dtype, v_init=False, soft=False, decay_input=True, save_state=True, count=False):
+    x = torch.randn(4, 4096).to(dtype)
+    state = torch.float64 if dtype == torch.float64 else torch.float32
+    tau, vth = torch.full((1,), 2.0, dtype=state), torch.ones(1, dtype=state)
+    lif_triton.lif_forward(x, tau, vth, torch.zeros(4096, dtype=state) if v_init else None, 0.0, soft, decay_input,
+                           1, save_state, count)
+
+
+def _lif_backward(dtype, surrogate=0, soft=False, detach=False, decay_input=True, grads=True, v_init=False,
+                  recompute=False, per_channel=False):
+    x = torch.randn(4, 4096).to(dtype)
+    state = torch.float64 if dtype == torch.float64 else torch.float32
+    p = 64 if per_channel else 1
+    tau, vth = torch.full((p,), 2.0, dtype=state), torch.ones(p, dtype=state)
+    extra = torch.zeros(4096, dtype=state) if grads else None
+    lif_triton.lif_backward(x, extra, torch.zeros((), dtype=state) if grads else None, x, recompute, tau, vth,
+                            torch.zeros(4096, dtype=state) if v_init else None, 0.0, soft, decay_input, detach,
+                            surrogate, 2.0, 64 if per_channel else 1, grads, grads)
+
+
+def _weights(rows, k, asym=False, bias=False):
+    packed = pack_ternary(torch.randint(-1, 2, (rows, k), dtype=torch.int8))
+    scale = torch.rand(2, rows) if asym else torch.rand(rows)
+    return packed, scale, torch.randn(rows) if bias else None
+
+
+def _input(shape, dtype):
+    if dtype in FLOATS:
+        return torch.randn(shape).to(dtype)
+    return (torch.rand(shape) < 0.3).to(dtype)
+
+
+def _linear(m, dtype, asym=False, bias=False, split_k=None):
+    packed, scale, b = _weights(512, 1024, asym, bias)
+    ternary_triton.ternary_linear(_input((m, 1024), dtype), packed, scale, b, split_k=split_k)
+
+
+def _grad_input(dtype, asym=False):
+    packed, scale, _ = _weights(512, 1024, asym)
+    ternary_triton.ternary_linear_grad_input(torch.randn(256, 512).to(dtype), packed, scale, 1024)
+
+
+def _conv(dtype, kernel=3, stride=1, groups=1, asym=False, bias=False):
+    c, o = 64, 128
+    packed, scale, b = _weights(o, c // groups * kernel * kernel, asym, bias)
+    ternary_triton.ternary_conv2d(_input((2, c, 16, 16), dtype), packed, scale, b, stride=stride,
+                                  padding=kernel // 2, groups=groups, kernel_size=kernel)
+
+
+# Launch cases: every dtype, and each option flipped once from the default.
+LAUNCHES = {
+    **{f"lif forward {TYPES[d]}": (_lif_forward, dict(dtype=d)) for d in FLOATS},
+    "lif forward inference": (_lif_forward, dict(dtype=torch.float32, save_state=False)),
+    "lif forward soft reset": (_lif_forward, dict(dtype=torch.float32, soft=True)),
+    "lif forward decay_input=False": (_lif_forward, dict(dtype=torch.float32, decay_input=False)),
+    "lif forward v_init + count": (_lif_forward, dict(dtype=torch.bfloat16, v_init=True, count=True)),
+    **{f"lif backward {TYPES[d]}": (_lif_backward, dict(dtype=d)) for d in FLOATS},
+    **{f"lif backward surrogate {s}": (_lif_backward, dict(dtype=torch.float32, surrogate=s)) for s in range(1, 5)},
+    "lif backward soft reset": (_lif_backward, dict(dtype=torch.float32, soft=True)),
+    "lif backward detach_reset": (_lif_backward, dict(dtype=torch.float32, detach=True)),
+    "lif backward soft detached": (_lif_backward, dict(dtype=torch.float32, soft=True, detach=True)),
+    "lif backward decay_input=False": (_lif_backward, dict(dtype=torch.float32, decay_input=False)),
+    "lif backward no extra gradients": (_lif_backward, dict(dtype=torch.bfloat16, grads=False)),
+    "lif backward v_init, per channel": (_lif_backward, dict(dtype=torch.float32, v_init=True, per_channel=True)),
+    "lif backward recompute": (_lif_backward, dict(dtype=torch.bfloat16, recompute=True)),
+    **{f"ternary linear M=16 {TYPES[d]}": (_linear, dict(m=16, dtype=d))
+       for d in (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int8)},
+    "ternary linear M=16 bf16 asym + bias, split K": (
+        _linear, dict(m=16, dtype=torch.bfloat16, asym=True, bias=True, split_k=4)),
+    "ternary linear M=16 spikes, split K": (_linear, dict(m=16, dtype=torch.uint8, split_k=4)),
+    **{f"ternary linear M=512 {TYPES[d]}": (_linear, dict(m=512, dtype=d))
+       for d in (torch.float32, torch.float16, torch.bfloat16, torch.uint8)},
+    "ternary linear M=512 spikes asym + bias": (_linear, dict(m=512, dtype=torch.uint8, asym=True, bias=True)),
+    **{f"ternary linear grad input {TYPES[d]}": (_grad_input, dict(dtype=d))
+       for d in (torch.float32, torch.float16, torch.bfloat16)},
+    "ternary linear grad input bf16 asym": (_grad_input, dict(dtype=torch.bfloat16, asym=True)),
+    **{f"ternary conv2d 3x3 {TYPES[d]}": (_conv, dict(dtype=d))
+       for d in (torch.float32, torch.float16, torch.bfloat16, torch.uint8)},
+    "ternary conv2d 1x1 stride 2 spikes asym + bias": (
+        _conv, dict(dtype=torch.uint8, kernel=1, stride=2, asym=True, bias=True)),
+    "ternary conv2d 3x3 spikes asym": (_conv, dict(dtype=torch.uint8, asym=True)),
+    "ternary conv2d 1x1 stride 2 spikes": (_conv, dict(dtype=torch.uint8, kernel=1, stride=2)),
+    "ternary conv2d 3x3 groups 2 bf16": (_conv, dict(dtype=torch.bfloat16, groups=2)),
+}
+
+
+class _Recorder:
+    """Stands in for a kernel: ``recorder[grid](*args, **kwargs)`` appends the launch to ``launches``."""
+
+    def __init__(self, name: str, kernel, launches: list, case: list):
+        self.name, self.kernel, self.launches, self.case = name, kernel, launches, case
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((self.case[0], self.name, self.kernel, args, kwargs))
+        return launch
+
+
+def record_launches(only: str = "") -> list:
+    """Run the ``LAUNCHES`` cases whose name contains ``only`` with recorders in place of the kernels;
+    returns ``(case, kernel name, kernel, args, kwargs)`` per launch (a case may launch several kernels)."""
+    launches, case = [], [None]
+    originals = {(module, name): getattr(module, name) for module, names in KERNELS.items() for name in names}
+    saved = lif_triton._INTERPRET, ternary_triton._check_runnable
+    try:
+        for (module, name), kernel in originals.items():
+            setattr(module, name, _Recorder(name, kernel, launches, case))
+        # The launch functions refuse CPU tensors outside the interpreter; here they never reach a kernel.
+        lif_triton._INTERPRET = True
+        ternary_triton._check_runnable = lambda name, t: None
+        for case[0], (fn, options) in LAUNCHES.items():
+            if only in case[0]:
+                fn(**options)
+    finally:
+        for (module, name), kernel in originals.items():
+            setattr(module, name, kernel)
+        lif_triton._INTERPRET, ternary_triton._check_runnable = saved
+    return launches
+
+
+def _specialize(fn, values: dict) -> tuple[dict, dict, dict]:
+    """Triton signature, constexprs and attributes of ``fn`` for argument ``values`` (name -> value)."""
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        value = values[param.name]
+        if param.is_constexpr or value is None:
+            signature[param.name] = "constexpr"
+            constexprs[(i,)] = value
+        elif torch.is_tensor(value):
+            signature[param.name] = "*" + TYPES[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[param.name] = "fp64" if "fp64" in param.annotation or "float64" in param.annotation else "fp32"
+        elif isinstance(value, int):
+            signature[param.name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0 and not param.do_not_specialize:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            raise TypeError(f"{fn.__name__}: no Triton type for argument {param.name}={value!r}")
+    return signature, constexprs, attrs
+
+
+def compile_jobs(launches: list, first_config: bool) -> list:
+    """One job per distinct (kernel, specialization) and config: a dict the worker compiles."""
+    jobs, seen = [], set()
+    for case, name, kernel, args, kwargs in launches:
+        tuner = kernel if isinstance(kernel, Autotuner) else None
+        fn = kernel.fn if tuner else kernel
+        kwargs = dict(kwargs)
+        options = {k: kwargs.pop(k) for k in ("enable_fp_fusion", "num_warps", "num_stages") if k in kwargs}
+        values = {**dict(zip(fn.arg_names, args)), **kwargs}
+        if tuner is None:
+            configs = [None]
+        elif tuner.early_config_prune:
+            configs = tuner.early_config_prune(tuner.configs, values, **values)
+        else:
+            configs = tuner.configs
+        key = (name, repr(sorted((k, v.dtype if torch.is_tensor(v) else v) for k, v in values.items()
+                                 if torch.is_tensor(v) or v is None or k in kwargs)))
+        if key in seen:
+            continue
+        seen.add(key)
+        for config in configs[:1] if first_config else configs:
+            config_values, config_options = dict(values), dict(options)
+            if config is not None:
+                config_values.update(config.kwargs)
+                config_options.update(num_warps=config.num_warps, num_stages=config.num_stages)
+            jobs.append(dict(case=case, kernel=name, fn=fn, values=config_values, options=config_options,
+                             config={**(config.kwargs if config else {}), **config_options}))
+    return jobs
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and stack plus local bytes per thread (spilled registers) of a cubin."""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        text = subprocess.run([str(cuobjdump), "-res-usage", file.name], check=True, capture_output=True,
+                              text=True).stdout
+    usage = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text))
+    return {"registers": int(usage["REG"]), "spill_bytes": int(usage["STACK"]) + int(usage["LOCAL"])}
+
+
+_JOBS = []
+"""The jobs of ``run``, inherited by its forked workers (JIT functions do not pickle)."""
+
+
+def compile_one(index: int) -> dict:
+    """Compile ``_JOBS[index]`` for ``TARGET``; returns the job's description with its resources, or its error."""
+    job = _JOBS[index]
+    fn = job["fn"]
+    signature, constexprs, attrs = _specialize(fn, job["values"])
+    flags = {name: value for name, value in job["values"].items()
+             if signature[name] == "constexpr" and name not in job["config"] and value is not None}
+    row = dict(case=job["case"], kernel=job["kernel"], config=job["config"],
+               signature={k: v for k, v in signature.items() if v.startswith("*")}, flags=flags)
+    start = time.perf_counter()
+    try:
+        kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=job["options"])
+    except Exception as error:  # a compiler error of any kind is the finding
+        return {**row, "error": f"{type(error).__name__}: {error}"[:2000]}
+    usage = _resource_usage(kernel.asm["cubin"])
+    threads = 32 * job["options"].get("num_warps", 4)
+    return {**row, **usage, "shared_bytes": kernel.metadata.shared, "seconds": time.perf_counter() - start,
+            "fits": usage["registers"] * threads <= MAX_REGISTERS_PER_BLOCK
+            and kernel.metadata.shared <= MAX_SHARED_BYTES}
+
+
+def run(first_config: bool, workers: int, only: str = "") -> list:
+    """Record the launches of the cases whose name contains ``only``, then compile every job in
+    ``workers`` processes; rows in job order."""
+    _JOBS[:] = compile_jobs(record_launches(only), first_config)
+    from tqdm import tqdm
+
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(compile_one, index) for index in range(len(_JOBS))]
+        for _ in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="compiling for sm_90",
+                      file=sys.stderr):
+            pass
+    return [future.result() for future in futures]
+
+
+def _config_text(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items() if k != "enable_fp_fusion")
+
+
+def markdown(result: dict) -> str:
+    """One line per launch (configs compiled, spilling, not fitting; registers and shared memory ranges),
+    then every failure."""
+    lines = [
+        f"Triton kernels compiled for {result['target']} with triton {result['versions']['triton']}, "
+        f"torch {result['versions']['torch']}, commit {result['commit']}, {result['date']}",
+        "",
+        "| launch | kernel | configs | compiled | spill | over a limit | registers | shared KiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups = {}
+    for row in result["rows"]:
+        groups.setdefault((row["case"], row["kernel"]), []).append(row)
+    for (case, kernel), rows in groups.items():
+        ok = [r for r in rows if "error" not in r]
+        regs = sorted(r["registers"] for r in ok)
+        shared = sorted(r["shared_bytes"] / 1024 for r in ok)
+        lines.append(
+            f"| {case} | {kernel} | {len(rows)} | {len(ok)} | {sum(r['spill_bytes'] > 0 for r in ok)} | "
+            f"{sum(not r['fits'] for r in ok)} | {f'{regs[0]}-{regs[-1]}' if regs else '-'} | "
+            f"{f'{shared[0]:.0f}-{shared[-1]:.0f}' if shared else '-'} |"
+        )
+    spilling = [r for r in result["rows"] if r.get("spill_bytes")]
+    if spilling:
+        lines += ["", "Configs that spill registers (bytes of stack per thread):", ""]
+        lines += [f"- {r['case']}, {r['kernel']} {_config_text(r['config'])}: {r['spill_bytes']} B" for r in spilling]
+    failed = [r for r in result["rows"] if "error" in r]
+    if failed:
+        lines += ["", "Failures:", ""]
+        lines += [f"- {r['case']}, {r['kernel']} {_config_text(r['config'])}: {r['error'].splitlines()[0]}"
+                  for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--first-config", action="store_true", help="compile one autotune config per launch")
+    parser.add_argument("--only", default="", help="only the launch cases whose name contains this text")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="compiler processes")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/hopper_compile_sm90.json, or _quick.json with "
+                             "--first-config or --only: those stay out of the README)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import git_commit, utc_now, versions
+
+    rows = run(args.first_config, args.workers, args.only)
+    result = dict(benchmark="hopper_compile", target=f"{TARGET.backend} sm_{TARGET.arch}", versions=versions(),
+                  commit=git_commit(), date=utc_now(), rows=rows)
+    partial = args.first_config or args.only
+    out = args.out or RESULTS / f"hopper_compile_sm90{'_quick' if partial else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {out}", file=sys.stderr)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

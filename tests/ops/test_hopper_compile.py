@@ -1,0 +1,48 @@
+"""Every Triton launch of the package compiles for an NVIDIA Hopper GPU (sm_90), on a machine without one.
+
+The CPU tests run the Triton kernels under the interpreter, which never compiles them: a kernel branch
+that Triton's compiler rejects (a dot of a shape the tensor cores cannot take, say) would pass there
+and fail on the first GPU. ``benchmarks/hopper_compile.py`` compiles each launch that the launch
+functions make, one autotune config each here (every config in its full run).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+@pytest.mark.skipif(not (TOOLS / "cuobjdump").exists(), reason="this Triton has no NVIDIA backend tools")
+def test_every_launch_compiles_for_hopper(tmp_path):
+    out = tmp_path / "hopper.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "hopper_compile.py"), "--first-config", "--workers", "2",
+         "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+
+    failed = [(r["case"], r["kernel"], r["error"]) for r in rows if "error" in r]
+    assert not failed
+    # every kernel of both ops was reached, in every dtype it takes
+    kernels = {r["kernel"] for r in rows}
+    assert kernels == {"lif_fwd_kernel", "lif_bwd_kernel", "_linear_small_m", "_linear_tiled",
+                       "ternary_linear_finish_kernel", "ternary_linear_bwd_input_kernel", "ternary_conv2d_fwd_kernel"}
+    x_types = {(r["kernel"], next(iter(r["signature"].values()))) for r in rows}
+    for kernel in ("lif_fwd_kernel", "_linear_small_m", "_linear_tiled", "ternary_conv2d_fwd_kernel"):
+        wanted = {"*fp32", "*fp16", "*bf16"} | ({"*fp64"} if kernel.startswith("lif") else {"*u8"})
+        assert {t for k, t in x_types if k == kernel} >= wanted, kernel
+    # each compiled config fits an H100's per-block registers and shared memory
+    too_big = [(r["case"], r["config"]) for r in rows if not r["fits"]]
+    assert not too_big
+    assert all(0 < r["registers"] <= 255 for r in rows)
