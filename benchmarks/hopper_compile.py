@@ -329,11 +329,12 @@ def main(argv=None) -> int:
                              "--first-config or --only: those stay out of the README)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import git_commit, utc_now, versions
+    from common import device_name, git_commit, utc_now, versions
 
     rows = run(args.first_config, args.workers, args.only)
-    result = dict(benchmark="hopper_compile", target=f"{TARGET.backend} sm_{TARGET.arch}", versions=versions(),
-                  commit=git_commit(), date=utc_now(), rows=rows)
+    result = dict(benchmark="hopper_compile", target=f"{TARGET.backend} sm_{TARGET.arch}",
+                  device=f"compiled on {device_name('cpu')}", versions=versions(), commit=git_commit(),
+                  date=utc_now(), rows=rows)
     partial = args.first_config or args.only
     out = args.out or RESULTS / f"hopper_compile_sm90{'_quick' if partial else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
