@@ -1,13 +1,15 @@
 """Compile every Triton launch of the package for an NVIDIA Hopper GPU (sm_90) on a machine without one,
-and report what each autotune config costs in registers, spills and shared memory.
+and report what each autotune config costs in registers, spills and shared memory, and which tensor cores
+its dots use.
 
 The launch functions of ``tna_kernels/ops/*/triton.py`` are called on small CPU tensors (``LAUNCHES``)
 with their kernels swapped for recorders. Each distinct launch (argument types, constexpr flags) is then
 compiled with Triton's ahead-of-time compiler for ``GPUTarget("cuda", 90, 32)`` in every autotune config
-its pruning keeps, and ``cuobjdump -res-usage`` reads the registers, the stack (register spills) and the
-shared memory of the cubin. A kernel branch that does not compile for Hopper (a type error in one
-constexpr combination, say) then fails here, on a CPU-only machine, instead of on the first GPU run;
-the interpreter that runs the kernels in the CPU tests cannot show that, nor what a config spills.
+its pruning keeps. ``cuobjdump -res-usage`` reads the registers and the stack (register spills) of each
+cubin, Triton gives its shared memory, and the PTX shows which tensor-core instructions the dots became
+(``wgmma``, ``mma.sync``, and their input type). A kernel branch that does not compile for Hopper (a type
+error in one constexpr combination, say) then fails here, on a CPU-only machine, instead of on the first
+GPU run; the interpreter that runs the kernels in the CPU tests cannot show that, nor what a config spills.
 
 Pointer arguments are compiled as 16-byte aligned and integer arguments divisible by 16 as such, which is
 what Triton specializes on a real launch of the benchmark shapes. The launch shapes themselves are small:
@@ -242,6 +244,17 @@ def _resource_usage(cubin: bytes) -> dict:
     return {"registers": int(usage["REG"]), "spill_bytes": int(usage["STACK"]) + int(usage["LOCAL"])}
 
 
+def tensor_core_ops(ptx: str) -> list:
+    """The tensor-core instructions in ``ptx`` as "<instruction> <input type>" (``wgmma`` is Hopper's
+    warpgroup MMA, ``mma.sync`` the warp-level one), sorted; empty when the dots run on the FMA units."""
+    found = set()
+    for name in set(re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\.[\w.]+", ptx)):
+        kind = "wgmma" if name.startswith("wgmma") else "mma.sync"
+        inputs = [t for t in ("s8", "u8", "bf16", "f16", "tf32", "e4m3", "e5m2") if f".{t}." in name + "."]
+        found.add(f"{kind} {inputs[-1] if inputs else '?'}")
+    return sorted(found)
+
+
 _JOBS = []
 """The jobs of ``run``, inherited by its forked workers (JIT functions do not pickle)."""
 
@@ -262,7 +275,8 @@ def compile_one(index: int) -> dict:
         return {**row, "error": f"{type(error).__name__}: {error}"[:2000]}
     usage = _resource_usage(kernel.asm["cubin"])
     threads = 32 * job["options"].get("num_warps", 4)
-    return {**row, **usage, "shared_bytes": kernel.metadata.shared, "seconds": time.perf_counter() - start,
+    return {**row, **usage, "shared_bytes": kernel.metadata.shared, "tensor_cores": tensor_core_ops(kernel.asm["ptx"]),
+            "seconds": time.perf_counter() - start,
             "fits": usage["registers"] * threads <= MAX_REGISTERS_PER_BLOCK
             and kernel.metadata.shared <= MAX_SHARED_BYTES}
 
@@ -292,8 +306,8 @@ def markdown(result: dict) -> str:
         f"Triton kernels compiled for {result['target']} with triton {result['versions']['triton']}, "
         f"torch {result['versions']['torch']}, commit {result['commit']}, {result['date']}",
         "",
-        "| launch | kernel | configs | compiled | spill | over a limit | registers | shared KiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| launch | kernel | configs | compiled | spill | over a limit | registers | shared KiB | tensor cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     groups = {}
     for row in result["rows"]:
@@ -305,7 +319,8 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {case} | {kernel} | {len(rows)} | {len(ok)} | {sum(r['spill_bytes'] > 0 for r in ok)} | "
             f"{sum(not r['fits'] for r in ok)} | {f'{regs[0]}-{regs[-1]}' if regs else '-'} | "
-            f"{f'{shared[0]:.0f}-{shared[-1]:.0f}' if shared else '-'} |"
+            f"{f'{shared[0]:.0f}-{shared[-1]:.0f}' if shared else '-'} | "
+            f"{', '.join(sorted({op for r in ok for op in r['tensor_cores']})) or 'none'} |"
         )
     spilling = [r for r in result["rows"] if r.get("spill_bytes")]
     if spilling:

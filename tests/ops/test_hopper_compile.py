@@ -42,6 +42,18 @@ def test_every_launch_compiles_for_hopper(tmp_path):
     for kernel in ("lif_fwd_kernel", "_linear_small_m", "_linear_tiled", "ternary_conv2d_fwd_kernel"):
         wanted = {"*fp32", "*fp16", "*bf16"} | ({"*fp64"} if kernel.startswith("lif") else {"*u8"})
         assert {t for k, t in x_types if k == kernel} >= wanted, kernel
+    # dots on tensor cores: int8 (int32 accumulation) for spikes, bf16 / fp16 for those inputs; IEEE float32
+    # dots on the FMA units
+    for r in rows:
+        if r["kernel"] in ("lif_fwd_kernel", "lif_bwd_kernel", "ternary_linear_finish_kernel"):
+            assert r["tensor_cores"] == [], r["case"]
+            continue
+        x_type = next(iter(r["signature"].values()))
+        wanted = {"*fp32": None, "*fp16": "f16", "*bf16": "bf16"}.get(x_type, "s8")
+        if r["flags"].get("SPIKES"):
+            wanted = "s8"
+        kinds = {op.split()[1] for op in r["tensor_cores"]}
+        assert kinds == ({wanted} if wanted else set()), (r["case"], r["tensor_cores"])
     # each compiled config fits an H100's per-block registers and shared memory
     too_big = [(r["case"], r["config"]) for r in rows if not r["fits"]]
     assert not too_big
