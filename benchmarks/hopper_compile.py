@@ -7,7 +7,9 @@ with their kernels swapped for recorders. Each distinct launch (argument types, 
 compiled with Triton's ahead-of-time compiler for ``GPUTarget("cuda", 90, 32)`` in every autotune config
 its pruning keeps. ``cuobjdump -res-usage`` reads the registers and the stack (register spills) of each
 cubin, Triton gives its shared memory, and the PTX shows which tensor-core instructions the dots became
-(``wgmma``, ``mma.sync``, and their input type). A kernel branch that does not compile for Hopper (a type
+(``wgmma``, ``mma.sync``, and their input type). The SASS of the main loop, per neuron-step (LIF) or
+per ternary code a thread handles, is the issue cost that decides whether a kernel can keep up with
+memory (an H100 issues about 4 warp instructions per cycle per SM). A kernel branch that does not compile for Hopper (a type
 error in one constexpr combination, say) then fails here, on a CPU-only machine, instead of on the first
 GPU run; the interpreter that runs the kernels in the CPU tests cannot show that, nor what a config spills.
 
@@ -233,15 +235,33 @@ def compile_jobs(launches: list, first_config: bool) -> list:
 
 
 def _resource_usage(cubin: bytes) -> dict:
-    """Registers per thread and stack plus local bytes per thread (spilled registers) of a cubin."""
+    """Registers per thread, stack plus local bytes per thread (spilled registers), and the number of
+    SASS instructions in the kernel's main loop (the longest backward branch), of a cubin."""
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        text = subprocess.run([str(cuobjdump), "-res-usage", file.name], check=True, capture_output=True,
-                              text=True).stdout
+        text = subprocess.run([str(cuobjdump), "-res-usage", "-sass", file.name], check=True,
+                              capture_output=True, text=True).stdout
     usage = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text))
-    return {"registers": int(usage["REG"]), "spill_bytes": int(usage["STACK"]) + int(usage["LOCAL"])}
+    addresses = [int(a, 16) for a in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/", text, re.MULTILINE)]
+    loops = [(int(target, 16), int(at, 16))
+             for at, target in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/[^\n]*\bBRA\b[^\n]*?0x([0-9a-f]+)", text, re.MULTILINE)
+             if int(target, 16) < int(at, 16)]
+    start, end = max(loops, key=lambda loop: loop[1] - loop[0]) if loops else (0, -1)
+    return {"registers": int(usage["REG"]), "spill_bytes": int(usage["STACK"]) + int(usage["LOCAL"]),
+            "loop_instructions": sum(start <= a <= end for a in addresses) or None}
+
+
+def elements_per_iteration(kernel: str, config: dict) -> float | None:
+    """What one thread handles in one trip of the kernel's main loop: neuron-steps (LIF, a loop over T)
+    or ternary codes (a loop over K, or over N for the input gradient); None for the split-K finish."""
+    threads = 32 * config.get("num_warps", 4)
+    if kernel.startswith("lif"):
+        return config["BLOCK_N"] / threads
+    if kernel == "ternary_linear_finish_kernel":
+        return None
+    return config["BLOCK_N"] * config["BLOCK_K"] / threads
 
 
 def tensor_core_ops(ptx: str) -> list:
@@ -275,6 +295,9 @@ def compile_one(index: int) -> dict:
         return {**row, "error": f"{type(error).__name__}: {error}"[:2000]}
     usage = _resource_usage(kernel.asm["cubin"])
     threads = 32 * job["options"].get("num_warps", 4)
+    elements = elements_per_iteration(job["kernel"], job["config"])
+    if elements and usage["loop_instructions"]:
+        usage["loop_instructions_per_element"] = usage["loop_instructions"] / elements
     return {**row, **usage, "shared_bytes": kernel.metadata.shared, "tensor_cores": tensor_core_ops(kernel.asm["ptx"]),
             "seconds": time.perf_counter() - start,
             "fits": usage["registers"] * threads <= MAX_REGISTERS_PER_BLOCK
@@ -299,15 +322,21 @@ def _config_text(config: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items() if k != "enable_fp_fusion")
 
 
+def _range(values) -> str:
+    values = sorted(v for v in values if v is not None)
+    return f"{values[0]:.1f}-{values[-1]:.1f}" if values else "-"
+
+
 def markdown(result: dict) -> str:
-    """One line per launch (configs compiled, spilling, not fitting; registers and shared memory ranges),
-    then every failure."""
+    """One line per launch (configs compiled, spilling, not fitting; ranges of registers, shared memory and
+    main-loop instructions per element), then every spilling config and every failure."""
     lines = [
         f"Triton kernels compiled for {result['target']} with triton {result['versions']['triton']}, "
         f"torch {result['versions']['torch']}, commit {result['commit']}, {result['date']}",
         "",
-        "| launch | kernel | configs | compiled | spill | over a limit | registers | shared KiB | tensor cores |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| launch | kernel | configs | compiled | spill | over a limit | registers | shared KiB | tensor cores | "
+        "loop instructions per element |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     groups = {}
     for row in result["rows"]:
@@ -320,7 +349,8 @@ def markdown(result: dict) -> str:
             f"| {case} | {kernel} | {len(rows)} | {len(ok)} | {sum(r['spill_bytes'] > 0 for r in ok)} | "
             f"{sum(not r['fits'] for r in ok)} | {f'{regs[0]}-{regs[-1]}' if regs else '-'} | "
             f"{f'{shared[0]:.0f}-{shared[-1]:.0f}' if shared else '-'} | "
-            f"{', '.join(sorted({op for r in ok for op in r['tensor_cores']})) or 'none'} |"
+            f"{', '.join(sorted({op for r in ok for op in r['tensor_cores']})) or 'none'} | "
+            f"{_range(r.get('loop_instructions_per_element') for r in ok)} |"
         )
     spilling = [r for r in result["rows"] if r.get("spill_bytes")]
     if spilling:

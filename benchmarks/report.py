@@ -201,6 +201,10 @@ def _table_section(title: str):
     return section
 
 
+HOPPER_GOAL_LAUNCHES = ("lif forward bf16", "lif backward bf16", "ternary linear M=16 bf16",
+                        "ternary linear M=512 u8", "ternary conv2d 3x3 u8")
+
+
 def _hopper_compile_section(path: Path, result) -> list:
     """A summary of ``hopper_compile.py``'s run: launches, configs, failures, spills, limits."""
     rows = result["rows"]
@@ -222,6 +226,14 @@ def _hopper_compile_section(path: Path, result) -> list:
     kinds = {}
     for (case, kernel), found in ops.items():
         kinds.setdefault(", ".join(sorted(found)) or "no tensor cores", []).append(case)
+    best = {}
+    for r in ok:
+        if r.get("loop_instructions_per_element") is not None and r["case"] in HOPPER_GOAL_LAUNCHES:
+            best[r["case"]] = min(best.get(r["case"], math.inf), r["loop_instructions_per_element"])
+    if best:
+        lines += ["Main-loop SASS instructions a thread issues per neuron-step (LIF) or per weight code (ternary), "
+                  "best config, for the launches behind the GPU goals: "
+                  + "; ".join(f"{case} {value:.1f}" for case, value in best.items()) + ".", ""]
     lines += ["Tensor-core instructions of the dots, by launch: " + "; ".join(
         f"{kind}: {len(set(cases))} ({', '.join(dict.fromkeys(cases))})"
         for kind, cases in sorted(kinds.items()) if kind != "no tensor cores") + ".", ""]
