@@ -356,10 +356,11 @@ def test_gpu_linear_spikes_full_size(m, dtype, asym):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 16, 512])
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
-def test_gpu_linear_real_and_grad_full_size(m, dtype):
+@pytest.mark.parametrize("asym", [False, True])
+def test_gpu_linear_real_and_grad_full_size(m, dtype, asym):
     k, n = 4096 + 7, 2048 + 3
-    gen = _generator("gpu_real", m, dtype)
-    codes, packed, scale, b = make_weight(gen, n, (k,), True, True)
+    gen = _generator("gpu_real", m, dtype, asym)
+    codes, packed, scale, b = make_weight(gen, n, (k,), asym, True)
     x = real_tensor(gen, (m, k), dtype)
     assert_close(tt.ternary_linear(x, packed, scale, b), ternary_linear_reference(x, packed, scale, b), dtype)
     grad_y = real_tensor(gen, (m, n), dtype)
@@ -370,9 +371,10 @@ def test_gpu_linear_real_and_grad_full_size(m, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bfloat16])
-def test_gpu_conv2d_full_size(groups, dtype):
+@pytest.mark.parametrize("asym", [False, True])
+def test_gpu_conv2d_full_size(groups, dtype, asym):
     case = dict(x=(8, 64, 32, 32), out=128, kernel=(3, 3), stride=1, padding=1, dilation=1, groups=groups)
-    gen, _, packed, scale, b, conv = _conv_inputs(case, ("gpu", dtype), True, True)
+    gen, _, packed, scale, b, conv = _conv_inputs(case, ("gpu", dtype), asym, True)
     x = spike_tensor(gen, case["x"], dtype, p=0.2)
     assert_exact(tt.ternary_conv2d(x, packed, scale, b, spikes=True, **conv),
                  ternary_conv2d_reference(x, packed, scale, b, spikes=True, **conv))

@@ -20,7 +20,8 @@ mask); no code or weight matrix is ever written to memory. Arithmetic follows ``
   ``enable_fp_fusion=False`` so that no multiply-add is contracted into an FMA, and bfloat16 is
   rounded to nearest-even by hand (the interpreter's own float32 -> bfloat16 cast truncates), so
   the result equals the reference bit for bit.
-- real input (float32 / float16 / bfloat16 x): codes are converted to x's dtype (exact) and
+- real input (float32 / float16 / bfloat16 x): codes are converted to x's dtype (exact; for the
+  16-bit types by bit construction, ``_codes_as``, with no int-to-float conversion) and
   ``tl.dot`` accumulates in float32 (IEEE fp32 products for float32 x, not TF32); the scales (two
   accumulators for an asymmetric scale) and the bias are applied once at the end.
 
@@ -30,7 +31,8 @@ kernel sums them in a fixed order, so the result is deterministic and, for spike
 large-M tiled path with grouped tile order for L2 reuse. Both are autotuned, keyed on power-of-two
 buckets of M, N and K and on the path's constexpr flags. Under ``TRITON_INTERPRET=1`` (CPU tensors,
 no GPU) each path has one small config, and bfloat16 dots run on float32 copies because the
-interpreter's dot does not understand bfloat16.
+interpreter's dot does not understand bfloat16 (so the bfloat16 code construction runs on a GPU only,
+``pytest -m gpu``; the float16 one runs in the CPU tests too).
 
 Spike values are not checked here (a check would synchronize the GPU): x must hold only 0 and 1.
 """
@@ -185,8 +187,22 @@ def _accumulate(b_x, b_c, b_acc, b_acc_n, SPIKES: tl.constexpr, ASYM: tl.constex
             b_acc = tl.dot(b_xf, (b_c > 0).to(b_xf.dtype), b_acc, input_precision=PRECISION)
             b_acc_n = tl.dot(b_xf, (b_c < 0).to(b_xf.dtype), b_acc_n, input_precision=PRECISION)
         else:
-            b_acc = tl.dot(b_xf, b_c.to(b_xf.dtype), b_acc, input_precision=PRECISION)
+            b_acc = tl.dot(b_xf, _codes_as(b_c, b_xf.dtype), b_acc, input_precision=PRECISION)
     return b_acc, b_acc_n
+
+
+@triton.jit
+def _codes_as(b_c, dtype: tl.constexpr):
+    """int32 codes in {-1, 0, 1} as ``dtype``, exactly. A 16-bit float is built without an int-to-float
+    conversion: the 2-bit field ``code + 1`` goes into the low mantissa bits of 128 (bfloat16) or 1024
+    (float16), whose mantissa step is 1, and 129 or 1025 is subtracted (two codes per packed add)."""
+    if dtype == tl.bfloat16:
+        b_v = ((b_c + 1) | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True) - 129.0
+    elif dtype == tl.float16:
+        b_v = ((b_c + 1) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1025.0
+    else:
+        b_v = b_c.to(dtype)
+    return b_v
 
 
 @triton.jit
