@@ -6,9 +6,10 @@ real-valued float32 input, against ``F.linear`` with the same
 weight dequantized to float32, and in bfloat16 (weight and input); and ``ternary_conv2d`` on the
 spikes of a spiking ResNet layer (input [64, 128, 16, 16] with T*B folded, 3x3 conv 128 -> 128,
 padding 1) against ``F.conv2d`` in float32 and bfloat16.
-GPU (when CUDA is present): the Triton kernels at K = N = 8192, M in {1, 16, 1024, 4096}, on
-bfloat16 spikes and bfloat16 real input, against cuBLAS (``F.linear`` in bfloat16 and in float32,
-PyTorch's default precision), and the conv layer against cuDNN (``cudnn.benchmark`` on). The public
+GPU (when CUDA is present): the Triton kernels at K = N in {4096, 8192}, M in {1, 16, 256, 1024, 4096},
+on bfloat16 spikes and bfloat16 real input, against cuBLAS (``F.linear`` in bfloat16 and in float32,
+PyTorch's default precision), and 3x3 conv layers (T*B = 256, C = O in {128, 256}, 32x32 and 16x16,
+padding 1) against cuDNN (``cudnn.benchmark`` on). The public
 functions check that spike input holds only 0 and 1, which synchronizes the GPU, so the Triton
 kernel called directly (no check) is timed as well.
 
@@ -22,7 +23,7 @@ On Linux CPUs the script restarts itself with glibc's malloc tuned (see ``common
 ``--system-malloc`` keeps the default).
 
     python benchmarks/bench_ternary.py            # full run, writes benchmarks/results/ternary_<device>.json
-    python benchmarks/bench_ternary.py --quick    # a short smoke run: the smallest M and the conv layer
+    python benchmarks/bench_ternary.py --quick    # a short smoke run: the first K, M and conv layer
 """
 import statistics
 import sys
@@ -38,12 +39,14 @@ from common import (
 from tna_kernels.ops.ternary import dequantize, ternary_conv2d_reference, ternary_linear_reference
 from tna_kernels.ops.ternary.op import conv2d_bit_planes, linear_bit_planes
 
-LINEAR = {"cpu": (4096, 4096, (1, 16, 256, 2048)), "cuda": (8192, 8192, (1, 16, 1024, 4096))}
-"""Per device: K, N and the values of M of the linear layer."""
-CONV_INPUT = (64, 128, 16, 16)
-"""[T*B, C, H, W] spike input of the conv layer."""
-CONV_WEIGHT = (128, 128, 3, 3)
-"""[O, C, kh, kw] weight of the conv layer (stride 1, padding CONV_PADDING)."""
+LINEAR = {"cpu": ((4096,), (1, 16, 256, 2048)), "cuda": ((4096, 8192), (1, 16, 256, 1024, 4096))}
+"""Per device: the values of K = N and of M of the linear layer."""
+CONV = {
+    "cpu": [((64, 128, 16, 16), (128, 128, 3, 3))],
+    "cuda": [((256, c, hw, hw), (c, c, 3, 3)) for c in (128, 256) for hw in (32, 16)],
+}
+"""Per device: the conv layers, as ([T*B, C, H, W] spike input, [O, C, kh, kw] weight); stride 1,
+padding CONV_PADDING."""
 CONV_PADDING = 1
 SPIKE_RATE = 0.2
 REAL_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -56,7 +59,7 @@ SPEED_GOALS = [
     ("CPU: spike input at M=256 at least 5x faster than F.linear fp32",
      "cpu", "linear", ("spikes",), "fp32", lambda shape: shape["M"] == 256, 5.0),
     ("GPU: M <= 16 at least 4x faster than cuBLAS bf16 (K = N = 8192)",
-     "cuda", "linear", ("spikes", "real"), "bf16", lambda shape: shape["M"] <= 16, 4.0),
+     "cuda", "linear", ("spikes", "real"), "bf16", lambda shape: shape["M"] <= 16 and shape["K"] == 8192, 4.0),
     ("GPU: spike input at M >= 1024 at least 1.3x faster than cuBLAS bf16",
      "cuda", "linear", ("spikes",), "bf16", lambda shape: shape["M"] >= 1024, 1.3),
     ("GPU: conv2d on spikes at least as fast as cuDNN bf16",
@@ -126,15 +129,16 @@ def _linear_job(device: str, m: int, k: int, n: int) -> dict:
                 weight=_weight_memory(packed, scale, weight), entries=entries)
 
 
-def _conv_job(device: str) -> dict:
-    """The conv layer ``CONV_WEIGHT`` on spikes ``CONV_INPUT`` -> ``[T*B, O, H, W]`` (stride 1)."""
-    packed, scale, weight = _ternary_weight(CONV_WEIGHT, device)
-    spikes = (torch.rand(CONV_INPUT, device=device) < SPIKE_RATE).to(_activation_dtype(device))
-    kernel = CONV_WEIGHT[2:]
+def _conv_job(device: str, input_shape: tuple, weight_shape: tuple) -> dict:
+    """The conv layer with weight ``[O, C, kh, kw]`` on spikes ``[T*B, C, H, W]`` -> ``[T*B, O, H, W]``
+    (stride 1, padding ``CONV_PADDING``)."""
+    packed, scale, weight = _ternary_weight(weight_shape, device)
+    spikes = (torch.rand(input_shape, device=device) < SPIKE_RATE).to(_activation_dtype(device))
+    kernel = weight_shape[2:]
     impls = {_tna_name(device): lambda: tna_kernels.ternary_conv2d(
         spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True)}
     if device == "cpu":
-        planes = conv2d_bit_planes(packed, CONV_INPUT[1], 1, kernel)
+        planes = conv2d_bit_planes(packed, input_shape[1], 1, kernel)
         impls[CACHED_NAME] = lambda: tna_kernels.ternary_conv2d(
             spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True, planes=planes)
     if device == "cuda":
@@ -143,13 +147,13 @@ def _conv_job(device: str) -> dict:
         impls[KERNEL_NAME] = lambda: triton_ternary.ternary_conv2d(
             spikes, packed, scale, None, 1, CONV_PADDING, 1, 1, kernel, True)
     expected = ternary_conv2d_reference(spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True)
-    batch, channels, height, width = CONV_INPUT
-    out_channels, _, kh, kw = CONV_WEIGHT
+    batch, channels, height, width = input_shape
+    out_channels, _, kh, kw = weight_shape
     h_out, w_out = height + 2 * CONV_PADDING - kh + 1, width + 2 * CONV_PADDING - kw + 1
     return dict(
         layer="conv2d",
-        case=f"x {list(CONV_INPUT)} W {list(CONV_WEIGHT)} padding {CONV_PADDING}",
-        shape=dict(input=list(CONV_INPUT), weight=list(CONV_WEIGHT), padding=CONV_PADDING),
+        case=f"x {list(input_shape)} W {list(weight_shape)} padding {CONV_PADDING}",
+        shape=dict(input=list(input_shape), weight=list(weight_shape), padding=CONV_PADDING),
         ops=2 * batch * h_out * w_out * out_channels * channels * kh * kw,
         weight=_weight_memory(packed, scale, weight),
         entries=_entries("spikes", spikes, impls, expected, "F.conv2d",
@@ -260,9 +264,12 @@ def main(argv=None):
     torch.manual_seed(0)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
-    k, n, ms = LINEAR[args.device]
-    jobs = [partial(_linear_job, args.device, m, k, n) for m in (ms[:1] if args.quick else ms)]
-    jobs.append(partial(_conv_job, args.device))
+    sizes, ms = LINEAR[args.device]
+    convs = CONV[args.device]
+    if args.quick:
+        sizes, ms, convs = sizes[:1], ms[:1], convs[:1]
+    jobs = [partial(_linear_job, args.device, m, k, k) for k in sizes for m in ms]
+    jobs += [partial(_conv_job, args.device, input_shape, weight_shape) for input_shape, weight_shape in convs]
     rows, weights = bench(args.device, jobs, args.quick)
     result = dict(
         benchmark="ternary",
