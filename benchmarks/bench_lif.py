@@ -224,6 +224,29 @@ def _groups(rows) -> dict:
     return groups
 
 
+def saved_bytes(device: str, quick: bool) -> list:
+    """Bytes that one forward of our kernel keeps for its backward beyond its input x (which the caller
+    holds anyway), per neuron-step: at every shape, in float32 and bfloat16, with and without
+    ``memory_saving`` (the LIF issue's goal: at most 2 in bfloat16, none in memory-saving mode)."""
+    rows = []
+    shapes = dict.fromkeys(shape for shape, _ in _jobs(device, quick))
+    for shape, dtype in [(shape, dtype) for shape in shapes for dtype in (torch.float32, torch.bfloat16)]:
+        x = _inputs(shape, dtype, device)[0].requires_grad_(True)
+        for memory_saving in (False, True):
+            kept = {}
+
+            def pack(t):
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                lif_multistep(x, memory_saving=memory_saving)
+            kept.pop(x.untyped_storage().data_ptr(), None)
+            rows.append(dict(shape=list(shape), dtype=str(dtype).removeprefix("torch."), memory_saving=memory_saving,
+                             bytes_per_neuron_step=sum(kept.values()) / x.numel()))
+    return rows
+
+
 def copy_bandwidth_gbps(device: str, quick: bool) -> float:
     """Measured device copy bandwidth (read + write bytes per second) on a 1 GiB (CPU: 256 MiB) buffer."""
     numel = (2**28 if device == "cuda" else 2**26)
@@ -257,6 +280,18 @@ def markdown(result) -> str:
     for r in counted:
         shape = "x".join(map(str, r["shape"]))
         lines.append(f"- {shape} {r['dtype']} {r['mode']}: {100 * r['count_overhead']:+.1f}%")
+    saved = result.get("saved_bytes", [])
+    if saved:
+        lines += ["", f"Bytes {ours_name(result['device_kind'])} keeps for the backward beyond its input, per "
+                  "neuron-step (goal: at most 2 in bfloat16, none in memory-saving mode):", ""]
+        lines += ["| shape | float32 | bfloat16 | float32, memory_saving | bfloat16, memory_saving |",
+                  "|---|---:|---:|---:|---:|"]
+        for shape in dict.fromkeys(tuple(r["shape"]) for r in saved):
+            cells = {(r["dtype"], r["memory_saving"]): r["bytes_per_neuron_step"] for r in saved
+                     if tuple(r["shape"]) == shape}
+            lines.append(f"| {'x'.join(map(str, shape))} | " + " | ".join(
+                f"{cells[key]:.3f}" for key in (("float32", False), ("bfloat16", False), ("float32", True),
+                                                 ("bfloat16", True))) + " |")
     notes = result.get("peer_notes", {})
     if notes:
         lines += ["", "Peers:", ""] + [f"- {name}: {note}" for name, note in notes.items()]
@@ -279,6 +314,7 @@ def main(argv=None):
         date=utc_now(),
         malloc=malloc,
         copy_GBps=copy_bandwidth_gbps(args.device, args.quick),
+        saved_bytes=saved_bytes(args.device, args.quick),
         peer_notes={peer.name: peer.note for peer in lif_peers(args.device, torch.float32)},
         rows=bench(args.device, _jobs(args.device, args.quick), args.quick, peaks),
     )

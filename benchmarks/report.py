@@ -159,6 +159,15 @@ def _lif_section(path: Path, result) -> list:
         lines += ["Overhead of the fused spike count in forward+backward (the sparsity issue's goal: under 5%), "
                   "per shape: " + ", ".join(f"{_shape(r)} {r['dtype']} {100 * r['count_overhead']:+.1f}%"
                                            for r in counted) + f"; median {100 * median:+.1f}%.", ""]
+    saved = result.get("saved_bytes", [])
+    if saved:
+        most = {}
+        for r in saved:
+            key = r["dtype"] + (", memory_saving" if r["memory_saving"] else "")
+            most[key] = max(most.get(key, 0.0), r["bytes_per_neuron_step"])
+        lines += ["Bytes our kernel keeps for the backward beyond its input, per neuron-step, the most over the "
+                  "shapes (the LIF issue's goal: at most 2 in bfloat16, none in memory-saving mode): "
+                  + ", ".join(f"{key} {value:.2f}" for key, value in most.items()) + ".", ""]
     notes = result.get("peer_notes", {})
     if notes:
         lines += ["Peers:", ""] + [f"- {name}: {note}" for name, note in notes.items()] + [""]

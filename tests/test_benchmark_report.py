@@ -34,7 +34,22 @@ def _write(directory: Path, name: str, result: dict, markdown: str = "title\n| a
 def results(tmp_path, monkeypatch):
     directory = tmp_path / "results"
     directory.mkdir()
-    _write(directory, "lif_cpu-test", dict(HEADER, benchmark="lif", rows=_lif_rows(), peer_notes={"Peer": "differs"}))
+    saved = [dict(shape=[16, 32, 4096], dtype="bfloat16", memory_saving=False, bytes_per_neuron_step=0.0),
+             dict(shape=[4, 32, 4096], dtype="bfloat16", memory_saving=False, bytes_per_neuron_step=2.0),
+             dict(shape=[4, 32, 4096], dtype="bfloat16", memory_saving=True, bytes_per_neuron_step=0.0)]
+    _write(directory, "lif_cpu-test", dict(HEADER, benchmark="lif", rows=_lif_rows(), peer_notes={"Peer": "differs"},
+                                           saved_bytes=saved))
+    compiled = dict(registers=100, fits=True, tensor_cores=[], shared_bytes=0)
+    hopper_rows = [
+        dict(compiled, case="lif forward bf16", kernel="lif_fwd_kernel", spill_bytes=0, loop_instructions_per_element=30.0),
+        dict(compiled, case="ternary linear M=512 u8", kernel="_linear_tiled", spill_bytes=16,
+             tensor_cores=["wgmma s8"], loop_instructions_per_element=7.0),
+        dict(compiled, case="ternary linear M=512 u8", kernel="_linear_tiled", spill_bytes=0,
+             tensor_cores=["wgmma s8"], loop_instructions_per_element=6.5),
+        dict(case="ternary conv2d 3x3 u8", kernel="ternary_conv2d_fwd_kernel", error="CompilationError: at 1:2"),
+    ]
+    _write(directory, "hopper_compile_sm90", dict(HEADER, benchmark="hopper_compile", target="cuda sm_90",
+                                                  rows=hopper_rows))
     on_rows = [dict(impl=name, n=n, timesteps=100, batch=16, same_equations=True, forward_ms=ms * n,
                     backward_ms=ms * n, total_ms=2 * ms * n, peak_MiB=n / 100)
                for n in (4096, 8192) for name, ms in (("reference (eager)", 2.0), ("tna C++", 1.0))]
@@ -62,6 +77,14 @@ def test_render_rewrites_only_the_generated_section(results, tmp_path):
         in generated
     assert "16x32x4096 float32 +16.0%, 4x32x4096 float32 +4.0%, 16x32x1024 float32 +16.0%; median +16.0%" in generated
     assert "No GPU results are committed yet" in generated
+    assert "the most over the shapes (the LIF issue's goal: at most 2 in bfloat16, none in memory-saving mode): " \
+           "bfloat16 2.00, bfloat16, memory_saving 0.00." in generated
+    assert ("3 distinct launches of the Triton kernels, 4 launch x autotune-config pairs: 3 compile, 1 fail; 0 exceed "
+            "an H100 block's registers or shared memory; 1 spill registers (at most 16 bytes a thread), and 0 "
+            "launches have no config that does not spill.") in generated
+    assert "best config, for the launches behind the GPU goals: lif forward bf16 30.0; ternary linear M=512 u8 6.5." \
+           in generated
+    assert "Tensor-core instructions of the dots, by launch: wgmma s8: 1 (ternary linear M=512 u8)." in generated
     for name in ("lif_cpu-test_T.png", "lif_cpu-test_neurons.png", "lif_cpu-test_memory.png",
                  "open_neuromorphic_cpu-test_n.png"):
         assert (results / name).stat().st_size > 1000
