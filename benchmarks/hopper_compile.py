@@ -13,17 +13,22 @@ memory (an H100 issues about 4 warp instructions per cycle per SM). A kernel bra
 error in one constexpr combination, say) then fails here, on a CPU-only machine, instead of on the first
 GPU run; the interpreter that runs the kernels in the CPU tests cannot show that, nor what a config spills.
 
-Pointer arguments are compiled as 16-byte aligned and integer arguments divisible by 16 as such, which is
-what Triton specializes on a real launch of the benchmark shapes. The launch shapes themselves are small:
-only types and flags reach the compiler.
+Each launch is specialized by Triton's own launch-time binder for the Hopper backend, as a real launch
+with these arguments would be: integer arguments equal to 1 become constants, integers divisible by 16 and
+aligned pointers are marked so. The launch shapes are small but keep the benchmarks' divisibility;
+strides, paddings and dilations are those of the layers benchmarked (1 for a 3x3 conv).
 
-    python benchmarks/hopper_compile.py                 # all configs: results/hopper_compile_sm90.{json,md}
-    python benchmarks/hopper_compile.py --first-config  # one config per launch (the test suite's check)
+This is a script: importing it clears ``TRITON_INTERPRET`` for the process, since the kernels must be
+JIT functions, not the interpreter's.
+
+    python benchmarks/hopper_compile.py                   # all configs: results/hopper_compile_sm90.{json,md}
+    python benchmarks/hopper_compile.py --largest-config  # the largest config per launch (the test's check)
     python benchmarks/hopper_compile.py --only conv2d   # the launch cases whose name holds "conv2d"
 """
 import argparse
 import concurrent.futures
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -39,8 +44,9 @@ os.environ.pop("TRITON_INTERPRET", None)
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from tna_kernels.ops.lif import triton as lif_triton  # noqa: E402
 from tna_kernels.ops.ternary import triton as ternary_triton  # noqa: E402
@@ -48,9 +54,9 @@ from tna_kernels.ops.ternary.format import pack_ternary  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = GPUTarget("cuda", 90, 32)
-# H100 / H200 limits per thread block: 255 registers a thread, 64 Ki registers, 227 KiB of shared memory.
-MAX_REGISTERS_PER_BLOCK = 65536
+_BACKEND = make_backend(TARGET)
 MAX_SHARED_BYTES = 227 * 1024
+"""Shared memory a thread block may use on an H100 / H200 (ptxas itself keeps registers within limits)."""
 KERNELS = {
     lif_triton: ["lif_fwd_kernel", "lif_bwd_kernel"],
     ternary_triton: ["_linear_small_m", "_linear_tiled", "ternary_linear_finish_kernel",
@@ -181,32 +187,30 @@ def record_launches(only: str = "") -> list:
     return launches
 
 
-def _specialize(fn, values: dict) -> tuple[dict, dict, dict]:
-    """Triton signature, constexprs and attributes of ``fn`` for argument ``values`` (name -> value)."""
-    signature, constexprs, attrs = {}, {}, {}
-    for i, param in enumerate(fn.params):
-        value = values[param.name]
-        if param.is_constexpr or value is None:
-            signature[param.name] = "constexpr"
-            constexprs[(i,)] = value
-        elif torch.is_tensor(value):
-            signature[param.name] = "*" + TYPES[value.dtype]
-            if value.data_ptr() % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[param.name] = "fp64" if "fp64" in param.annotation or "float64" in param.annotation else "fp32"
-        elif isinstance(value, int):
-            signature[param.name] = "i32" if -2**31 <= value < 2**31 else "i64"
-            if value % 16 == 0 and not param.do_not_specialize:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            raise TypeError(f"{fn.__name__}: no Triton type for argument {param.name}={value!r}")
-    return signature, constexprs, attrs
+def _specialize(fn, values: dict, options: dict) -> tuple[dict, dict, dict, dict]:
+    """What a launch of ``fn`` with argument ``values`` (name -> value, every parameter) and compile
+    ``options`` compiles on ``TARGET``, by Triton's own launch-time specialization: the signature,
+    constexprs (ints equal to 1 among them), attributes (16-divisible ints and aligned pointers) and the
+    full compile options."""
+    binder = create_function_from_signature(fn.signature, fn.params, _BACKEND)
+    bound, specialization, extra = binder(**values, **options)
+    parsed, signature, constexprs, attrs = fn._pack_args(_BACKEND, {**values, **options}, bound, specialization,
+                                                         extra)
+    return signature, constexprs, attrs, parsed.__dict__
 
 
-def compile_jobs(launches: list, first_config: bool) -> list:
-    """One job per distinct (kernel, specialization) and config: a dict the worker compiles."""
-    jobs, seen = [], set()
+def _largest(configs: list):
+    """The config with the largest tiles and pipeline (the most shared memory and registers)."""
+    def size(config):
+        return math.prod(v for k, v in config.kwargs.items() if k.startswith("BLOCK_")) * config.num_stages
+    return max(configs, key=size)
+
+
+def compile_jobs(launches: list, largest_config: bool) -> tuple[list, dict]:
+    """One job per distinct specialized launch and config (a dict the worker compiles), and the cases whose
+    launches all compile to a kernel an earlier case already has (case -> that case)."""
+    jobs, seen, merged = [], {}, {}
+    cases = dict.fromkeys(case for case, *_ in launches)
     for case, name, kernel, args, kwargs in launches:
         tuner = kernel if isinstance(kernel, Autotuner) else None
         fn = kernel.fn if tuner else kernel
@@ -219,19 +223,25 @@ def compile_jobs(launches: list, first_config: bool) -> list:
             configs = tuner.early_config_prune(tuner.configs, values, **values)
         else:
             configs = tuner.configs
-        key = (name, repr(sorted((k, v.dtype if torch.is_tensor(v) else v) for k, v in values.items()
-                                 if torch.is_tensor(v) or v is None or k in kwargs)))
+        tuned = set(configs[0].kwargs) if configs[0] is not None else set()
+        signature, constexprs, attrs, _ = _specialize(fn, {**values, **(configs[0].kwargs if tuned else {})}, options)
+        names = [p.name for p in fn.params]
+        key = (name, repr({k: v for k, v in signature.items() if k not in tuned}),
+               repr(sorted((path, v) for path, v in constexprs.items() if names[path[0]] not in tuned)),
+               repr(sorted(attrs.items())))
         if key in seen:
+            merged.setdefault(case, seen[key])
             continue
-        seen.add(key)
-        for config in configs[:1] if first_config else configs:
+        seen[key] = case
+        for config in ([_largest(configs)] if largest_config and tuner else configs):
             config_values, config_options = dict(values), dict(options)
             if config is not None:
                 config_values.update(config.kwargs)
                 config_options.update(num_warps=config.num_warps, num_stages=config.num_stages)
             jobs.append(dict(case=case, kernel=name, fn=fn, values=config_values, options=config_options,
                              config={**(config.kwargs if config else {}), **config_options}))
-    return jobs
+    compiled = {job["case"] for job in jobs}
+    return jobs, {case: merged[case] for case in cases if case not in compiled}
 
 
 def _resource_usage(cubin: bytes) -> dict:
@@ -283,31 +293,28 @@ def compile_one(index: int) -> dict:
     """Compile ``_JOBS[index]`` for ``TARGET``; returns the job's description with its resources, or its error."""
     job = _JOBS[index]
     fn = job["fn"]
-    signature, constexprs, attrs = _specialize(fn, job["values"])
-    flags = {name: value for name, value in job["values"].items()
-             if signature[name] == "constexpr" and name not in job["config"] and value is not None}
+    signature, constexprs, attrs, options = _specialize(fn, job["values"], job["options"])
+    flags = {p.name: job["values"][p.name] for p in fn.params
+             if p.is_constexpr and p.name not in job["config"] and job["values"][p.name] is not None}
     row = dict(case=job["case"], kernel=job["kernel"], config=job["config"],
                signature={k: v for k, v in signature.items() if v.startswith("*")}, flags=flags)
     start = time.perf_counter()
     try:
-        kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=job["options"])
+        kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options)
     except Exception as error:  # a compiler error of any kind is the finding
         return {**row, "error": f"{type(error).__name__}: {error}"[:2000]}
     usage = _resource_usage(kernel.asm["cubin"])
-    threads = 32 * job["options"].get("num_warps", 4)
     elements = elements_per_iteration(job["kernel"], job["config"])
     if elements and usage["loop_instructions"]:
         usage["loop_instructions_per_element"] = usage["loop_instructions"] / elements
     return {**row, **usage, "shared_bytes": kernel.metadata.shared, "tensor_cores": tensor_core_ops(kernel.asm["ptx"]),
-            "seconds": time.perf_counter() - start,
-            "fits": usage["registers"] * threads <= MAX_REGISTERS_PER_BLOCK
-            and kernel.metadata.shared <= MAX_SHARED_BYTES}
+            "seconds": time.perf_counter() - start, "fits": kernel.metadata.shared <= MAX_SHARED_BYTES}
 
 
-def run(first_config: bool, workers: int, only: str = "") -> list:
+def run(largest_config: bool, workers: int, only: str = "") -> tuple[list, dict]:
     """Record the launches of the cases whose name contains ``only``, then compile every job in
-    ``workers`` processes; rows in job order."""
-    _JOBS[:] = compile_jobs(record_launches(only), first_config)
+    ``workers`` processes; returns the rows, in job order, and the merged cases of ``compile_jobs``."""
+    _JOBS[:], merged = compile_jobs(record_launches(only), largest_config)
     from tqdm import tqdm
 
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -315,7 +322,7 @@ def run(first_config: bool, workers: int, only: str = "") -> list:
         for _ in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="compiling for sm_90",
                       file=sys.stderr):
             pass
-    return [future.result() for future in futures]
+    return [future.result() for future in futures], merged
 
 
 def _config_text(config: dict) -> str:
@@ -352,6 +359,9 @@ def markdown(result: dict) -> str:
             f"{', '.join(sorted({op for r in ok for op in r['tensor_cores']})) or 'none'} | "
             f"{_range(r.get('loop_instructions_per_element') for r in ok)} |"
         )
+    if result.get("merged"):
+        lines += ["", "Cases whose launches compile to the kernels of an earlier case (same specialization):", ""]
+        lines += [f"- {case}: as {earlier}" for case, earlier in result["merged"].items()]
     spilling = [r for r in result["rows"] if r.get("spill_bytes")]
     if spilling:
         lines += ["", "Configs that spill registers (bytes of stack per thread):", ""]
@@ -366,21 +376,22 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--first-config", action="store_true", help="compile one autotune config per launch")
+    parser.add_argument("--largest-config", action="store_true",
+                        help="compile one autotune config per launch: the largest tiles")
     parser.add_argument("--only", default="", help="only the launch cases whose name contains this text")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="compiler processes")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default benchmarks/results/hopper_compile_sm90.json, or _quick.json with "
-                             "--first-config or --only: those stay out of the README)")
+                             "--largest-config or --only: those stay out of the README)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import device_name, git_commit, utc_now, versions
 
-    rows = run(args.first_config, args.workers, args.only)
+    rows, merged = run(args.largest_config, args.workers, args.only)
     result = dict(benchmark="hopper_compile", target=f"{TARGET.backend} sm_{TARGET.arch}",
                   device=f"compiled on {device_name('cpu')}", versions=versions(), commit=git_commit(),
-                  date=utc_now(), rows=rows)
-    partial = args.first_config or args.only
+                  date=utc_now(), cases=[case for case in LAUNCHES if args.only in case], rows=rows, merged=merged)
+    partial = args.largest_config or args.only
     out = args.out or RESULTS / f"hopper_compile_sm90{'_quick' if partial else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -37,6 +37,9 @@ CONV_CASES = {
     "1x1_many_pixels_and_channels": dict(x=(1, 5, 9, 9), out=33, kernel=(1, 1), stride=1, padding=0, dilation=1, groups=1),
     "2x3_rect_pairs": dict(x=(2, 3, 6, 7), out=4, kernel=(2, 3), stride=(2, 1), padding=(0, 2), dilation=(1, 2), groups=1),
     "3x3_groups3_long_k": dict(x=(1, 18, 4, 5), out=6, kernel=(3, 3), stride=1, padding=1, dilation=1, groups=3),
+    # 32 taps fill the kernel's per-pixel tap bitmask (bit 31 included); 35 take its per-element mask path
+    "4x8_32_taps": dict(x=(1, 2, 6, 9), out=3, kernel=(4, 8), stride=1, padding=(2, 3), dilation=1, groups=1),
+    "7x5_35_taps": dict(x=(1, 2, 8, 7), out=3, kernel=(7, 5), stride=(1, 2), padding=(3, 2), dilation=1, groups=1),
 }
 
 
@@ -381,6 +384,14 @@ def test_gpu_conv2d_full_size(groups, dtype, asym):
     xr = real_tensor(gen, case["x"], torch.bfloat16)
     assert_close(tt.ternary_conv2d(xr, packed, scale, b, **conv), ternary_conv2d_reference(xr, packed, scale, b, **conv),
                  torch.bfloat16)
+
+
+def test_conv2d_refuses_sizes_past_int32_indexing():
+    tt._check_conv_int32(2**31 - 1024, 2**31 - 1)  # the largest accepted
+    with pytest.raises(ValueError, match="output pixels"):
+        tt._check_conv_int32(2**31 - 1023, 1)
+    with pytest.raises(ValueError, match="elements per group"):
+        tt._check_conv_int32(1, 2**31)
 
 
 def test_exact_finish_order_matters():

@@ -451,6 +451,16 @@ def ternary_conv2d_fwd_kernel(
     o_iw = (o_p % W_out) * stride_w - pad_w
     c_group = K // (KH * KW)
     p_img = x + (o_b.to(tl.int64) * C + i_g * c_group) * H * W
+    o_row = o_ih * W + o_iw
+    if KH * KW <= 32:
+        # bit i * KW + j of b_taps: tap (i, j) of the row's output pixel lies inside the image (no bit for a
+        # row past M). The gather's mask is then a shift and an and per element.
+        b_taps = tl.zeros([BLOCK_M], dtype=tl.int32)
+        for i in tl.static_range(KH):
+            m_h = m_m & (o_ih + i * dil_h >= 0) & (o_ih + i * dil_h < H)
+            for j in tl.static_range(KW):
+                m_w = (o_iw + j * dil_w >= 0) & (o_iw + j * dil_w < W)
+                b_taps |= (m_h & m_w).to(tl.int32) << (i * KW + j)
 
     if SPIKES:
         b_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
@@ -462,10 +472,15 @@ def ternary_conv2d_fwd_kernel(
         o_k = k0 + tl.arange(0, BLOCK_K)
         o_ci = o_k // (KH * KW)
         o_tap = o_k % (KH * KW)
-        b_ih = o_ih[:, None] + ((o_tap // KW) * dil_h)[None, :]
-        b_iw = o_iw[:, None] + ((o_tap % KW) * dil_w)[None, :]
-        m_x = (m_m[:, None] & (o_k < K)[None, :]) & ((b_ih >= 0) & (b_ih < H)) & ((b_iw >= 0) & (b_iw < W))
-        p_x = p_img[:, None] + ((o_ci * H * W)[None, :] + b_ih * W + b_iw)
+        o_dh = (o_tap // KW) * dil_h
+        o_dw = (o_tap % KW) * dil_w
+        if KH * KW <= 32:
+            m_x = (((b_taps[:, None] >> o_tap[None, :]) & 1) != 0) & (o_k < K)[None, :]
+        else:
+            b_ih = o_ih[:, None] + o_dh[None, :]
+            b_iw = o_iw[:, None] + o_dw[None, :]
+            m_x = (m_m[:, None] & (o_k < K)[None, :]) & ((b_ih >= 0) & (b_ih < H)) & ((b_iw >= 0) & (b_iw < W))
+        p_x = p_img[:, None] + (o_row[:, None] + (o_ci * H * W + o_dh * W + o_dw)[None, :])
         b_x = tl.load(p_x, mask=m_x, other=0)
         o_w = k0 // _WORD + tl.arange(0, BLOCK_K // _WORD)
         b_c = _load_codes_t(packed, o_c, m_n, o_w, n_words, BLOCK_N, BLOCK_K)
@@ -657,6 +672,16 @@ def ternary_linear_grad_input(
     return grad_x
 
 
+def _check_conv_int32(pixels: int, group_elements: int) -> None:
+    """The conv kernel indexes output pixels (``pixels`` = B * H_out * W_out, plus a tile) and the
+    elements of one image's channel group (C / groups * H * W) in int32."""
+    if pixels > 2**31 - 1024 or group_elements >= 2**31:
+        raise ValueError(
+            f"ternary_conv2d indexes output pixels and one image's channel group in int32: {pixels} output "
+            f"pixels and {group_elements} elements per group are too many; split the batch or the channels"
+        )
+
+
 def ternary_conv2d(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -711,11 +736,7 @@ def ternary_conv2d(
     m, n, k = b * h_out * w_out, o // groups, c_group * kh * kw
     if m == 0 or n == 0:
         return y
-    if m > 2**31 - 1024 or c_group * h * w >= 2**31:
-        raise ValueError(
-            f"ternary_conv2d indexes output pixels and one image's channel group in int32: {m} output pixels "
-            f"and {c_group * h * w} elements per group are too many; split the batch or the channels"
-        )
+    _check_conv_int32(m, c_group * h * w)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), groups)
