@@ -225,7 +225,7 @@ def _hopper_compile_section(path: Path, result) -> list:
     lines = [f"#### Triton kernels compiled for {result['target']} (no GPU needed)", ""] + _header(path, result)
     lines += [f"{len(launches)} distinct launches of the Triton kernels, {len(rows)} launch x autotune-config "
               f"pairs: {len(ok)} compile, {len(rows) - len(ok)} fail; "
-              f"{sum(not r['fits'] for r in ok)} exceed an H100 block's registers or shared memory; "
+              f"{sum(not r['fits'] for r in ok)} exceed an H100 block's shared memory; "
               f"{len(spilling)} spill registers (at most {max((r['spill_bytes'] for r in spilling), default=0)} "
               f"bytes a thread), and {len(heavy)} launches have no config that does not spill"
               + (": " + "; ".join(sorted(f"{case} ({kernel})" for case, kernel in heavy)) if heavy else "") + ".", ""]

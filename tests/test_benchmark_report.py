@@ -80,7 +80,7 @@ def test_render_rewrites_only_the_generated_section(results, tmp_path):
     assert "the most over the shapes (the LIF issue's goal: at most 2 in bfloat16, none in memory-saving mode): " \
            "bfloat16 2.00, bfloat16, memory_saving 0.00." in generated
     assert ("3 distinct launches of the Triton kernels, 4 launch x autotune-config pairs: 3 compile, 1 fail; 0 exceed "
-            "an H100 block's registers or shared memory; 1 spill registers (at most 16 bytes a thread), and 0 "
+            "an H100 block's shared memory; 1 spill registers (at most 16 bytes a thread), and 0 "
             "launches have no config that does not spill.") in generated
     assert "best config, for the launches behind the GPU goals: lif forward bf16 30.0; ternary linear M=512 u8 6.5." \
            in generated
