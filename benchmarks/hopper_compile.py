@@ -9,9 +9,10 @@ its pruning keeps. ``cuobjdump -res-usage`` reads the registers and the stack (r
 cubin, Triton gives its shared memory, and the PTX shows which tensor-core instructions the dots became
 (``wgmma``, ``mma.sync``, and their input type). The SASS of the main loop, per neuron-step (LIF) or
 per ternary code a thread handles, is the issue cost that decides whether a kernel can keep up with
-memory (an H100 issues about 4 warp instructions per cycle per SM). A kernel branch that does not compile for Hopper (a type
-error in one constexpr combination, say) then fails here, on a CPU-only machine, instead of on the first
-GPU run; the interpreter that runs the kernels in the CPU tests cannot show that, nor what a config spills.
+memory (an H100 issues about 4 warp instructions per cycle per SM). A kernel branch that does not
+compile for Hopper (a type error in one constexpr combination, say) then fails here, on a CPU-only
+machine, instead of on the first GPU run; the interpreter that runs the kernels in the CPU tests cannot
+show that, nor what a config spills.
 
 Each launch is specialized by Triton's own launch-time binder for the Hopper backend, as a real launch
 with these arguments would be: integer arguments equal to 1 become constants, integers divisible by 16 and
@@ -255,9 +256,8 @@ def _resource_usage(cubin: bytes) -> dict:
                               capture_output=True, text=True).stdout
     usage = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text))
     addresses = [int(a, 16) for a in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/", text, re.MULTILINE)]
-    loops = [(int(target, 16), int(at, 16))
-             for at, target in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/[^\n]*\bBRA\b[^\n]*?0x([0-9a-f]+)", text, re.MULTILINE)
-             if int(target, 16) < int(at, 16)]
+    branches = re.findall(r"^\s+/\*([0-9a-f]{4,})\*/[^\n]*\bBRA\b[^\n]*?0x([0-9a-f]+)", text, re.MULTILINE)
+    loops = [(int(target, 16), int(at, 16)) for at, target in branches if int(target, 16) < int(at, 16)]
     start, end = max(loops, key=lambda loop: loop[1] - loop[0]) if loops else (0, -1)
     return {"registers": int(usage["REG"]), "spill_bytes": int(usage["STACK"]) + int(usage["LOCAL"]),
             "loop_instructions": sum(start <= a <= end for a in addresses) or None}
