@@ -64,7 +64,8 @@ KERNELS = {
                      "ternary_linear_bwd_input_kernel", "ternary_conv2d_fwd_kernel"],
 }
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-         torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.int8: "i8"}
+         torch.uint8: "u8", torch.int8: "i8"}
+"""Short dtype names for the launch cases."""
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -80,12 +81,12 @@ def _lif_backward(dtype, surrogate=0, soft=False, detach=False, decay_input=True
                   recompute=False, per_channel=False):
     x = torch.randn(4, 4096).to(dtype)
     state = torch.float64 if dtype == torch.float64 else torch.float32
-    p = 64 if per_channel else 1
-    tau, vth = torch.full((p,), 2.0, dtype=state), torch.ones(p, dtype=state)
+    channels = 64 if per_channel else 1
+    tau, vth = torch.full((channels,), 2.0, dtype=state), torch.ones(channels, dtype=state)
     extra = torch.zeros(4096, dtype=state) if grads else None
     lif_triton.lif_backward(x, extra, torch.zeros((), dtype=state) if grads else None, x, recompute, tau, vth,
                             torch.zeros(4096, dtype=state) if v_init else None, 0.0, soft, decay_input, detach,
-                            surrogate, 2.0, 64 if per_channel else 1, grads, grads)
+                            surrogate, 2.0, channels, grads, grads)
 
 
 def _weights(rows, k, asym=False, bias=False):
@@ -224,8 +225,9 @@ def compile_jobs(launches: list, largest_config: bool) -> tuple[list, dict]:
             configs = tuner.early_config_prune(tuner.configs, values, **values)
         else:
             configs = tuner.configs
-        tuned = set(configs[0].kwargs) if configs[0] is not None else set()
-        signature, constexprs, attrs, _ = _specialize(fn, {**values, **(configs[0].kwargs if tuned else {})}, options)
+        first = configs[0].kwargs if configs[0] is not None else {}
+        tuned = set(first)
+        signature, constexprs, attrs, _ = _specialize(fn, {**values, **first}, options)
         names = [p.name for p in fn.params]
         key = (name, repr({k: v for k, v in signature.items() if k not in tuned}),
                repr(sorted((path, v) for path, v in constexprs.items() if names[path[0]] not in tuned)),

@@ -229,12 +229,6 @@ def _hopper_compile_section(path: Path, result) -> list:
               f"{len(spilling)} spill registers (at most {max((r['spill_bytes'] for r in spilling), default=0)} "
               f"bytes a thread), and {len(heavy)} launches have no config that does not spill"
               + (": " + "; ".join(sorted(f"{case} ({kernel})" for case, kernel in heavy)) if heavy else "") + ".", ""]
-    ops = {}
-    for r in ok:
-        ops.setdefault((r["case"], r["kernel"]), set()).update(r["tensor_cores"])
-    kinds = {}
-    for (case, kernel), found in ops.items():
-        kinds.setdefault(", ".join(sorted(found)) or "no tensor cores", []).append(case)
     best = {}
     for r in ok:
         if r.get("loop_instructions_per_element") is not None and r["case"] in HOPPER_GOAL_LAUNCHES:
@@ -243,6 +237,12 @@ def _hopper_compile_section(path: Path, result) -> list:
         lines += ["Main-loop SASS instructions a thread issues per neuron-step (LIF) or per weight code (ternary), "
                   "best config, for the launches behind the GPU goals: "
                   + "; ".join(f"{case} {value:.1f}" for case, value in best.items()) + ".", ""]
+    ops = {}
+    for r in ok:
+        ops.setdefault((r["case"], r["kernel"]), set()).update(r["tensor_cores"])
+    kinds = {}
+    for (case, kernel), found in ops.items():
+        kinds.setdefault(", ".join(sorted(found)) or "no tensor cores", []).append(case)
     lines += ["Tensor-core instructions of the dots, by launch: " + "; ".join(
         f"{kind}: {len(set(cases))} ({', '.join(dict.fromkeys(cases))})"
         for kind, cases in sorted(kinds.items()) if kind != "no tensor cores") + ".", ""]
