@@ -37,7 +37,7 @@ from common import (
     device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
 )
 from tna_kernels.ops.ternary import dequantize, ternary_conv2d_reference, ternary_linear_reference
-from tna_kernels.ops.ternary.op import conv2d_bit_planes, linear_bit_planes
+from tna_kernels.ops.ternary.op import conv2d_cpu_layout, linear_cpu_layout
 
 LINEAR = {"cpu": ((4096,), (1, 16, 256, 2048)), "cuda": ((4096, 8192), (1, 16, 256, 1024, 4096))}
 """Per device: the values of K = N and of M of the linear layer."""
@@ -113,9 +113,9 @@ def _linear_job(device: str, m: int, k: int, n: int) -> dict:
     real = torch.randn(m, k, device=device).to(_activation_dtype(device))
     spike_impls = {_tna_name(device): lambda: tna_kernels.ternary_linear(spikes, packed, scale, spikes=True)}
     if device == "cpu":
-        planes = linear_bit_planes(packed, k)
+        layout = linear_cpu_layout(packed, k)
         spike_impls[CACHED_NAME] = lambda: tna_kernels.ternary_linear(spikes, packed, scale, spikes=True,
-                                                                      planes=planes)
+                                                                      layout=layout)
     if device == "cuda":
         from tna_kernels.ops.ternary import triton as triton_ternary
 
@@ -138,9 +138,9 @@ def _conv_job(device: str, input_shape: tuple, weight_shape: tuple) -> dict:
     impls = {_tna_name(device): lambda: tna_kernels.ternary_conv2d(
         spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True)}
     if device == "cpu":
-        planes = conv2d_bit_planes(packed, input_shape[1], 1, kernel)
+        layout = conv2d_cpu_layout(packed, input_shape[1], 1, kernel)
         impls[CACHED_NAME] = lambda: tna_kernels.ternary_conv2d(
-            spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True, planes=planes)
+            spikes, packed, scale, padding=CONV_PADDING, kernel_size=kernel, spikes=True, layout=layout)
     if device == "cuda":
         from tna_kernels.ops.ternary import triton as triton_ternary
 

@@ -19,7 +19,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
@@ -91,11 +93,11 @@ bool to_bit_rows(const T* x, int64_t M, int64_t K, uint64_t* bits, int64_t W64p)
 }
 
 // acc_p[i][j] = sum popcount(x_i & plus_j), acc_n likewise with minus, for an MR x NR tile.
-template <int MR, int NR, bool SIMD>
+template <int MR, int NR>
 inline void popcount_tile(const uint64_t* const* xr, const uint64_t* const* pr, const uint64_t* const* nr,
                           int64_t W64p, int64_t (&acc_p)[4][4], int64_t (&acc_n)[4][4]) {
 #if TNA_HAVE_VPOPCNT
-  if constexpr (SIMD) {
+  {
     __m512i vp[MR][NR], vn[MR][NR];
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) vp[i][j] = vn[i][j] = _mm512_setzero_si512();
@@ -156,8 +158,166 @@ struct SpikeOutput {
   }
 };
 
+// ---------------------------------------------------------------------------------------------
+// Event-driven spike kernels: each input that spiked adds its column of codes to the outputs, so the cost
+// follows the number of spikes rather than the number of inputs. The codes are re-laid out as int8 column
+// tiles [Nt, R, 32 * V] (R inputs; V vectors of 32 output lanes): row r of tile t holds the codes of input r
+// for outputs t * 32V .. t * 32V + 32V - 1, zero past the last output. The spikes of a row are listed once (the
+// indices of its set bits) and replayed against every tile, which stays in L2 while all rows pass over it.
+// Sums run in int8 lanes for at most 127 events, then widen into int32, so they are exact.
+// ---------------------------------------------------------------------------------------------
+typedef int8_t i8x32 __attribute__((vector_size(32)));
+typedef int32_t i32x32 __attribute__((vector_size(128)));
+
+constexpr int64_t kTileBytes = 256 * 1024;  // most bytes of a column tile: it shares a 512 KiB L2
+constexpr int64_t kEventsPerFlush = 127;    // int8 sums of codes in {-1, 0, 1} stay exact this long
+
+// The vectors of 32 output lanes (1, 2 or 4) per column-tile row for R inputs and N outputs.
+inline int tile_vectors(int64_t R, int64_t N) {
+  int v = N <= 32 ? 1 : (N <= 64 ? 2 : 4);
+  while (v > 1 && R * 32 * v > kTileBytes) v /= 2;
+  return v;
+}
+
+// Bytes of the column tiles for R inputs and N outputs.
+inline int64_t tile_bytes(int64_t R, int64_t N) {
+  const int64_t lanes = 32 * tile_vectors(R, N);
+  return (N + lanes - 1) / lanes * R * lanes;
+}
+
+// Column tiles [Nt, R, 32V] (V = tile_vectors(R, N)) from packed rows [N, W16] whose code k is input
+// `input(k)`: tile row input(k) of output n holds code k of packed row n.
+template <typename Input>
+void to_column_tiles(const int32_t* packed, int64_t N, int64_t W16, int64_t R, int8_t* tiles, Input input) {
+  const int64_t lanes = 32 * tile_vectors(R, N), Nt = (N + lanes - 1) / lanes;
+  at::parallel_for(0, Nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int8_t* tile = tiles + t * R * lanes;
+      std::fill(tile, tile + R * lanes, 0);
+      for (int64_t j = 0; j < lanes && t * lanes + j < N; ++j) {
+        const uint32_t* row = reinterpret_cast<const uint32_t*>(packed + (t * lanes + j) * W16);
+        for (int64_t k = 0; k < R; ++k) {
+          const uint32_t code = (row[k / kCodesPerWord] >> (2 * (k % kCodesPerWord))) & 3u;
+          tile[input(k) * lanes + j] = static_cast<int8_t>(static_cast<int>(code) - 1);
+        }
+      }
+    }
+  });
+}
+
+// The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1]).
+void list_events(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t>& offsets,
+                 std::vector<int32_t>& events) {
+  offsets.assign(M + 1, 0);
+  at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      int64_t count = 0;
+      for (int64_t w = 0; w < W; ++w) count += __builtin_popcountll(bits[m * W + w]);
+      offsets[m + 1] = count;
+    }
+  });
+  for (int64_t m = 0; m < M; ++m) offsets[m + 1] += offsets[m];
+  events.resize(offsets[M]);
+  at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      int32_t* out = events.data() + offsets[m];
+      for (int64_t w = 0; w < W; ++w)
+        for (uint64_t b = bits[m * W + w]; b != 0; b &= b - 1) *out++ = static_cast<int32_t>(64 * w + __builtin_ctzll(b));
+    }
+  });
+}
+
+// sum[v][l] += the codes of lane 32 v + l of tile rows events[0 .. count), and abs_sum likewise with |code|
+// (ABS: for asymmetric scales, which count the +1 and -1 codes apart).
+template <int V, bool ABS>
+inline void add_events(const int8_t* tile, const int32_t* events, int64_t count, i32x32 (&sum)[V],
+                       i32x32 (&abs_sum)[V]) {
+  for (int64_t e0 = 0; e0 < count; e0 += kEventsPerFlush) {
+    const int64_t e1 = std::min(count, e0 + kEventsPerFlush);
+    i8x32 s[V] = {}, a[V] = {};
+    for (int64_t e = e0; e < e1; ++e) {
+      const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
+      for (int v = 0; v < V; ++v) {
+        i8x32 code;
+        std::memcpy(&code, row + 32 * v, sizeof code);
+        s[v] += code;
+        if constexpr (ABS) a[v] += code & 1;
+      }
+    }
+    for (int v = 0; v < V; ++v) {
+      sum[v] += __builtin_convertvector(s[v], i32x32);
+      if constexpr (ABS) abs_sum[v] += __builtin_convertvector(a[v], i32x32);
+    }
+  }
+}
+
+// Row m of out, columns n0 .. n1 - 1 (at most 32V), from the event sums of add_events.
+template <int V, bool ABS, typename Out>
+inline void store_events(const i32x32 (&sum)[V], const i32x32 (&abs_sum)[V], int64_t m, int64_t n0, int64_t n1,
+                         const SpikeOutput<Out>& out) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t j = n - n0, s = sum[j / 32][j % 32];
+    if constexpr (ABS) {
+      const int64_t a = abs_sum[j / 32][j % 32];
+      out.store(m, n, (a + s) / 2, (a - s) / 2);
+    } else {
+      out.store(m, n, s, 0);
+    }
+  }
+}
+
+// Rows m0 .. m1 - 1 (their events listed as by list_events, row m at offsets[m - m0]) against column tile t
+// ([R, 32V]) of N outputs.
+template <int V, bool ABS, typename Out>
+void event_rows(const int8_t* tile, int64_t t, int64_t N, const int64_t* offsets, const int32_t* events,
+                int64_t m0, int64_t m1, const SpikeOutput<Out>& out) {
+  const int64_t n0 = t * 32 * V, n1 = std::min(N, n0 + 32 * V);
+  for (int64_t m = m0; m < m1; ++m) {
+    i32x32 sum[V] = {}, abs_sum[V] = {};
+    const int64_t first = offsets[m - m0];
+    add_events<V, ABS>(tile, events + first, offsets[m - m0 + 1] - first, sum, abs_sum);
+    store_events<V, ABS>(sum, abs_sum, m, n0, n1, out);
+  }
+}
+
+// Calls f(std::integral_constant<int, V>, std::bool_constant<asymmetric>) for the tile width V (1, 2 or 4).
+template <typename F>
+void dispatch_events(int V, bool asymmetric, F&& f) {
+  auto width = [&](auto abs) {
+    if (V == 4) f(std::integral_constant<int, 4>{}, abs);
+    else if (V == 2) f(std::integral_constant<int, 2>{}, abs);
+    else f(std::integral_constant<int, 1>{}, abs);
+  };
+  if (asymmetric) width(std::true_type{});
+  else width(std::false_type{});
+}
+
+// The spike kernels' choice: "dense" (bit-plane popcounts over all inputs), "events" (column adds per spike),
+// or "auto": events where at most kEventDensity of the inputs spiked. The dense kernel costs the same at any
+// density; the event kernel's cost is proportional to it (see benchmarks/bench_ternary.py for the crossover).
+#if TNA_HAVE_VPOPCNT
+constexpr double kEventDensity = 0.25;
+#else
+constexpr double kEventDensity = 0.6;
+#endif
+
+enum class SpikeKernel { automatic, dense, events };
+
+SpikeKernel spike_kernel(c10::string_view name, const char* op) {
+  if (name == "auto") return SpikeKernel::automatic;
+  if (name == "dense") return SpikeKernel::dense;
+  TORCH_CHECK(name == "events", op, ": kernel must be 'auto', 'dense' or 'events', got '", std::string(name), "'");
+  return SpikeKernel::events;
+}
+
+// Whether `spikes` set bits out of `inputs` take the event kernel.
+inline bool use_events(SpikeKernel kernel, int64_t spikes, int64_t inputs) {
+  if (kernel != SpikeKernel::automatic) return kernel == SpikeKernel::events;
+  return static_cast<double>(spikes) <= kEventDensity * static_cast<double>(inputs);
+}
+
 // One MR x NR block (rows m0.., columns n0..) from bit rows xbits [M, W64p] and planes plus / minus [N, W64p].
-template <int MR, int NR, bool SIMD, typename Out>
+template <int MR, int NR, typename Out>
 void spike_block(const uint64_t* xbits, const uint64_t* plus, const uint64_t* minus, int64_t W64p, int64_t m0,
                  int64_t n0, const SpikeOutput<Out>& out) {
   const uint64_t* xr[MR];
@@ -169,20 +329,20 @@ void spike_block(const uint64_t* xbits, const uint64_t* plus, const uint64_t* mi
     nr[j] = minus + (n0 + j) * W64p;
   }
   int64_t acc_p[4][4], acc_n[4][4];
-  popcount_tile<MR, NR, SIMD>(xr, pr, nr, W64p, acc_p, acc_n);
+  popcount_tile<MR, NR>(xr, pr, nr, W64p, acc_p, acc_n);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out.store(m0 + i, n0 + j, acc_p[i][j], acc_n[i][j]);
 }
 
-template <int MR, bool SIMD, typename Out>
+template <int MR, typename Out>
 void spike_rows(const uint64_t* xbits, const uint64_t* plus, const uint64_t* minus, int64_t W64p, int64_t m0,
                 int64_t n0, int64_t n1, const SpikeOutput<Out>& out) {
   int64_t n = n0;
-  for (; n + 2 <= n1; n += 2) spike_block<MR, 2, SIMD>(xbits, plus, minus, W64p, m0, n, out);
-  if (n < n1) spike_block<MR, 1, SIMD>(xbits, plus, minus, W64p, m0, n, out);
+  for (; n + 2 <= n1; n += 2) spike_block<MR, 2>(xbits, plus, minus, W64p, m0, n, out);
+  if (n < n1) spike_block<MR, 1>(xbits, plus, minus, W64p, m0, n, out);
 }
 
-template <bool SIMD, typename Out>
+template <typename Out>
 void spike_linear(const uint64_t* xbits, const uint64_t* plus, const uint64_t* minus, int64_t W64p, int64_t M,
                   int64_t N, const SpikeOutput<Out>& out) {
   constexpr int64_t kColumns = 32;  // columns per task: their bit-planes stay in L1 / L2
@@ -190,9 +350,30 @@ void spike_linear(const uint64_t* xbits, const uint64_t* plus, const uint64_t* m
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kColumns, n1 = std::min(N, n0 + kColumns);
       int64_t m = 0;
-      for (; m + 4 <= M; m += 4) spike_rows<4, SIMD>(xbits, plus, minus, W64p, m, n0, n1, out);
-      for (; m < M; ++m) spike_rows<1, SIMD>(xbits, plus, minus, W64p, m, n0, n1, out);
+      for (; m + 4 <= M; m += 4) spike_rows<4>(xbits, plus, minus, W64p, m, n0, n1, out);
+      for (; m < M; ++m) spike_rows<1>(xbits, plus, minus, W64p, m, n0, n1, out);
     }
+  });
+}
+
+// Rows [M] of events (list_events) against the column tiles [Nt, K, 32V] of N outputs: tasks of up to 64 rows
+// against one tile, a task's neighbours sharing its tile.
+template <typename Out>
+void event_linear(const int8_t* tiles, int64_t K, int64_t N, const std::vector<int64_t>& offsets,
+                  const std::vector<int32_t>& events, const SpikeOutput<Out>& out) {
+  constexpr int64_t kRows = 64;
+  const int64_t M = static_cast<int64_t>(offsets.size()) - 1, blocks = (M + kRows - 1) / kRows;
+  const int V = tile_vectors(K, N);
+  const int64_t Nt = (N + 32 * V - 1) / (32 * V);
+  dispatch_events(V, out.asymmetric, [&](auto width, auto abs) {
+    constexpr int W = decltype(width)::value;
+    constexpr bool ABS = decltype(abs)::value;
+    at::parallel_for(0, Nt * blocks, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t t = q / blocks, m0 = q % blocks * kRows, m1 = std::min(M, m0 + kRows);
+        event_rows<W, ABS>(tiles + t * K * 32 * W, t, N, offsets.data() + m0, events.data(), m0, m1, out);
+      }
+    });
   });
 }
 
@@ -222,58 +403,92 @@ void check_bias(const std::optional<at::Tensor>& bias, int64_t N, const char* op
 // Words of 64 codes per bit-plane row for K inputs: whole 512-bit vectors, zero padded.
 inline int64_t plane_words(int64_t K) { return ((K + 63) / 64 + 7) / 8 * 8; }
 
-// The bit-planes of a packed linear weight [N, ceil(K/16)] as ternary_linear_spikes uses them: int64
-// [2, N, plane_words(K)] (plus, then minus; see to_bit_planes). A cache for a weight that does not change.
-at::Tensor ternary_linear_planes(const at::Tensor& packed, int64_t K) {
+// The int64 words of a layout's bit-planes part and its column-tile part (bytes rounded up to words).
+struct LayoutSize {
+  int64_t plane_words, tile_words;
+};
+
+inline LayoutSize linear_layout_size(int64_t K, int64_t N) {
+  return {2 * N * plane_words(K), (tile_bytes(K, N) + 7) / 8};
+}
+
+// Fill the parts of a linear layout [plane_words + tile_words] that are asked for, from packed [N, W16].
+void fill_linear_layout(const int32_t* packed, int64_t N, int64_t K, bool planes, bool tiles, int64_t* layout) {
+  const LayoutSize size = linear_layout_size(K, N);
+  if (planes) {
+    auto* plus = reinterpret_cast<uint64_t*>(layout);
+    const int64_t W64p = plane_words(K);
+    to_bit_planes(packed, N, (K + kCodesPerWord - 1) / kCodesPerWord, plus, plus + N * W64p, W64p);
+  }
+  if (tiles)
+    to_column_tiles(packed, N, (K + kCodesPerWord - 1) / kCodesPerWord, K,
+                    reinterpret_cast<int8_t*>(layout + size.plane_words), [](int64_t k) { return k; });
+}
+
+// The CPU layout of a packed linear weight [N, ceil(K/16)] as ternary_linear_spikes reads it, a cache for a
+// weight that does not change: int64 [P], the bit-planes [2, N, plane_words(K)] (plus, then minus; see
+// to_bit_planes), then the int8 column tiles (see to_column_tiles).
+at::Tensor ternary_linear_layout(const at::Tensor& packed, int64_t K) {
   TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kInt && packed.dim() == 2 &&
                   packed.is_contiguous() && packed.size(1) == (K + kCodesPerWord - 1) / kCodesPerWord,
-              "ternary_linear_planes: packed must be a contiguous int32 CPU tensor [N, ceil(K/16)] with K = ", K,
+              "ternary_linear_layout: packed must be a contiguous int32 CPU tensor [N, ceil(K/16)] with K = ", K,
               ", got ", packed.scalar_type(), " ", packed.sizes());
-  const int64_t N = packed.size(0), W64p = plane_words(K);
-  at::Tensor planes = at::empty({2, N, W64p}, packed.options().dtype(at::kLong));
-  auto* plus = reinterpret_cast<uint64_t*>(planes.data_ptr<int64_t>());
-  to_bit_planes(packed.data_ptr<int32_t>(), N, packed.size(1), plus, plus + N * W64p, W64p);
-  return planes;
+  const int64_t N = packed.size(0);
+  const LayoutSize size = linear_layout_size(K, N);
+  at::Tensor layout = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));
+  fill_linear_layout(packed.data_ptr<int32_t>(), N, K, true, true, layout.data_ptr<int64_t>());
+  return layout;
 }
 
-// Check that cached planes have the shape and type that `shape` says (from the same packed weight).
-void check_planes(const at::Tensor& planes, at::IntArrayRef shape, const char* op) {
-  TORCH_CHECK(planes.device().is_cpu() && planes.scalar_type() == at::kLong && planes.is_contiguous() &&
-                  planes.sizes() == shape,
-              op, ": planes must be the contiguous int64 CPU tensor ", shape, " made from this packed weight, got ",
-              planes.scalar_type(), " ", planes.sizes());
+// Check that a cached layout has the size and type that `size` says (made from the same packed weight).
+void check_layout(const at::Tensor& layout, const LayoutSize& size, const char* op) {
+  TORCH_CHECK(layout.device().is_cpu() && layout.scalar_type() == at::kLong && layout.is_contiguous() &&
+                  layout.dim() == 1 && layout.size(0) == size.plane_words + size.tile_words,
+              op, ": layout must be the contiguous int64 CPU tensor [", size.plane_words + size.tile_words,
+              "] made from this packed weight, got ", layout.scalar_type(), " ", layout.sizes());
 }
 
-// y [M, N] = spike rows x [M, K] times the packed ternary weight; exact (see the file comment). `planes`:
-// ternary_linear_planes(packed, K), when cached; made here otherwise.
+// y [M, N] = spike rows x [M, K] times the packed ternary weight; exact (see the file comment) whichever kernel
+// runs. `layout`: ternary_linear_layout(packed, K), when cached; the part needed is made here otherwise.
+// `kernel`: "auto", "dense" or "events" (see use_events).
 at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& planes,
-                                 bool simd) {
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
+                                 c10::string_view kernel) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(),
               "ternary_linear: x must be a contiguous 2-D CPU tensor [M, K], got ", x.sizes());
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
   check_weights(packed, scale, K, "ternary_linear");
   check_bias(bias, N, "ternary_linear");
+  const SpikeKernel choice = spike_kernel(kernel, "ternary_linear");
+  const LayoutSize size = linear_layout_size(K, N);
+  if (layout.has_value()) check_layout(*layout, size, "ternary_linear");
   const int64_t W64p = plane_words(K);
-  if (planes.has_value()) check_planes(*planes, {2, N, W64p}, "ternary_linear");
-  const at::Tensor weight_planes = planes.has_value() ? *planes : ternary_linear_planes(packed, K);
-  const auto* plus = reinterpret_cast<const uint64_t*>(weight_planes.data_ptr<int64_t>());
-  const auto* minus = plus + N * W64p;
   std::vector<uint64_t> xbits(M * W64p);
   bool ok = true;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_linear_spikes", [&] {
     ok = to_bit_rows(x.data_ptr<scalar_t>(), M, K, xbits.data(), W64p);
   });
   TORCH_CHECK(ok, "ternary_linear: spike input must hold only 0 and 1; found other values");
+  std::vector<int64_t> offsets;
+  std::vector<int32_t> events;
+  list_events(xbits.data(), M, W64p, offsets, events);
+  const bool by_events = use_events(choice, offsets[M], M * K);
+  at::Tensor made;
+  if (!layout.has_value()) {
+    made = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));
+    fill_linear_layout(packed.data_ptr<int32_t>(), N, K, !by_events, by_events, made.data_ptr<int64_t>());
+  }
+  const int64_t* words = (layout.has_value() ? *layout : made).data_ptr<int64_t>();
   const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
   at::Tensor y = at::empty({M, N}, x.options().dtype(out_dtype));
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_linear_spikes_out", [&] {
     const SpikeOutput<scalar_t> out{scale.data_ptr<float>(), scale.dim() == 2, N, bp, y.data_ptr<scalar_t>(), N, 1};
-    if (simd && TNA_HAVE_VPOPCNT) {
-      spike_linear<true>(xbits.data(), plus, minus, W64p, M, N, out);
+    if (by_events) {
+      event_linear(reinterpret_cast<const int8_t*>(words + size.plane_words), K, N, offsets, events, out);
     } else {
-      spike_linear<false>(xbits.data(), plus, minus, W64p, M, N, out);
+      const auto* plus = reinterpret_cast<const uint64_t*>(words);
+      spike_linear(xbits.data(), plus, plus + N * W64p, W64p, M, N, out);
     }
   });
   return y;
@@ -390,11 +605,11 @@ void gather_rows(const uint64_t* bits, const ConvShape& s, int64_t b, int64_t g,
 
 // acc_p[i][j * kLanes + l] = sum_w popcount(rows[i * Wk + w] & plus[(j * Wk + w) * kLanes + l]), acc_n likewise
 // with minus: MR bit rows against NR interleaved blocks of kLanes output channels.
-template <int MR, int NR, bool SIMD>
+template <int MR, int NR>
 inline void popcount_lanes(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus, int64_t Wk,
                            int64_t (&acc_p)[4][2 * kLanes], int64_t (&acc_n)[4][2 * kLanes]) {
 #if TNA_HAVE_VPOPCNT
-  if constexpr (SIMD) {
+  {
     __m512i vp[MR][NR], vn[MR][NR];
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) vp[i][j] = vn[i][j] = _mm512_setzero_si512();
@@ -440,36 +655,45 @@ inline void popcount_lanes(const uint64_t* rows, const uint64_t* plus, const uin
 
 // Rows m0 .. m0 + MR - 1 of `rows` against the output channels of blocks b0 .. b0 + NR - 1 of one group
 // (plus / minus [Ob, Wk, kLanes]); channels past Og are not stored.
-template <int MR, int NR, bool SIMD, typename Out>
+template <int MR, int NR, typename Out>
 void conv_block(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus, const ConvShape& s, int64_t m0,
                 int64_t b0, const SpikeOutput<Out>& out) {
   int64_t acc_p[4][2 * kLanes], acc_n[4][2 * kLanes];
   const int64_t offset = b0 * s.Wk * kLanes;
-  popcount_lanes<MR, NR, SIMD>(rows + m0 * s.Wk, plus + offset, minus + offset, s.Wk, acc_p, acc_n);
+  popcount_lanes<MR, NR>(rows + m0 * s.Wk, plus + offset, minus + offset, s.Wk, acc_p, acc_n);
   const int64_t lanes = std::min(NR * kLanes, s.Og - b0 * kLanes);
   for (int64_t l = 0; l < lanes; ++l)
     for (int i = 0; i < MR; ++i) out.store(m0 + i, b0 * kLanes + l, acc_p[i][l], acc_n[i][l]);
 }
 
-template <int MR, bool SIMD, typename Out>
+template <int MR, typename Out>
 void conv_rows(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus, const ConvShape& s, int64_t m0,
                const SpikeOutput<Out>& out) {
   int64_t b = 0;
-  for (; b + 2 <= s.Ob; b += 2) conv_block<MR, 2, SIMD>(rows, plus, minus, s, m0, b, out);
-  if (b < s.Ob) conv_block<MR, 1, SIMD>(rows, plus, minus, s, m0, b, out);
+  for (; b + 2 <= s.Ob; b += 2) conv_block<MR, 2>(rows, plus, minus, s, m0, b, out);
+  if (b < s.Ob) conv_block<MR, 1>(rows, plus, minus, s, m0, b, out);
 }
 
 constexpr int64_t kConvPixels = 64;  // most output pixels per task: their bit rows stay in L1
 
-template <bool SIMD, typename Out>
-void spike_conv(const uint64_t* bits, const uint64_t* plus, const uint64_t* minus, const ConvShape& s,
-                const float* scale, bool asymmetric, const float* bias, Out* y) {
-  const int64_t L = s.Ho * s.Wo;
+// The conv of the pixel bits [B, H, W, G, Wc] into y [B, O, Ho, Wo] by the bit-plane popcounts or, `by_events`,
+// the column tiles of `layout` (see conv_layout_size).
+template <typename Out>
+void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& size, bool by_events,
+                const ConvShape& s, const float* scale, bool asymmetric, const float* bias, Out* y) {
+  const int64_t L = s.Ho * s.Wo, R = s.T * s.Cg;
   // fewer pixels per task where kConvPixels would leave threads idle (one small image)
   const int64_t pixels = std::clamp<int64_t>(s.B * s.G * L / (4 * at::get_num_threads()), 4, kConvPixels);
   const int64_t blocks = (L + pixels - 1) / pixels;
+  const auto* plus = reinterpret_cast<const uint64_t*>(layout);
+  const auto* minus = plus + size.plane_words / 2;
+  const auto* tiles = reinterpret_cast<const int8_t*>(layout + size.plane_words);
+  const int V = tile_vectors(R, s.Og);
+  const int64_t Ot = (s.Og + 32 * V - 1) / (32 * V);
   at::parallel_for(0, s.B * s.G * blocks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<uint64_t> rows(pixels * s.Wk);
+    std::vector<int64_t> offsets;
+    std::vector<int32_t> events;
     for (int64_t q = q0; q < q1; ++q) {  // q = (b * G + g) * blocks + block
       const int64_t b = q / (s.G * blocks), g = q / blocks % s.G;
       const int64_t l0 = q % blocks * pixels, l1 = std::min(L, l0 + pixels);
@@ -477,11 +701,22 @@ void spike_conv(const uint64_t* bits, const uint64_t* plus, const uint64_t* minu
       const int64_t n0 = g * s.Og;  // y [B, O, Ho, Wo]: row l - l0 of the block, column n of the group
       const SpikeOutput<Out> out{scale + n0, asymmetric, s.O, bias != nullptr ? bias + n0 : nullptr,
                                  y + (b * s.O + n0) * L + l0, 1, L};
+      if (by_events) {
+        list_events(rows.data(), l1 - l0, s.Wk, offsets, events);
+        const int8_t* group_tiles = tiles + g * tile_bytes(R, s.Og);
+        dispatch_events(V, asymmetric, [&](auto width, auto abs) {
+          constexpr int W = decltype(width)::value;
+          for (int64_t t = 0; t < Ot; ++t)
+            event_rows<W, decltype(abs)::value>(group_tiles + t * R * 32 * W, t, s.Og, offsets.data(), events.data(),
+                                                0, l1 - l0, out);
+        });
+        continue;
+      }
       const uint64_t* p = plus + g * s.Ob * s.Wk * kLanes;
       const uint64_t* m = minus + g * s.Ob * s.Wk * kLanes;
       int64_t r = 0;
-      for (; r + 4 <= l1 - l0; r += 4) conv_rows<4, SIMD>(rows.data(), p, m, s, r, out);
-      for (; r < l1 - l0; ++r) conv_rows<1, SIMD>(rows.data(), p, m, s, r, out);
+      for (; r + 4 <= l1 - l0; r += 4) conv_rows<4>(rows.data(), p, m, s, r, out);
+      for (; r < l1 - l0; ++r) conv_rows<1>(rows.data(), p, m, s, r, out);
     }
   });
 }
@@ -492,41 +727,60 @@ void set_weight_shape(ConvShape& s, int64_t O, int64_t Cg, int64_t groups, int64
   s.Og = O / groups, s.Wk = (s.T * Cg + 63) / 64, s.Ob = (s.Og + kLanes - 1) / kLanes;
 }
 
-// The interleaved bit-planes of a conv weight as an int64 [2, G * Ob * Wk * kLanes] tensor (plus, then minus).
-at::Tensor conv_planes(const at::Tensor& packed, const ConvShape& s) {
-  const int64_t size = s.G * s.Ob * s.Wk * kLanes;
-  at::Tensor planes = at::zeros({2, size}, packed.options().dtype(at::kLong));  // lanes past Og stay zero
-  auto* plus = reinterpret_cast<uint64_t*>(planes.data_ptr<int64_t>());
-  to_conv_bit_planes(packed.data_ptr<int32_t>(), packed.size(1), s, plus, plus + size);
-  return planes;
+// A conv layout: the interleaved bit-planes [2, G * Ob * Wk * kLanes] (plus, then minus), then per group the
+// column tiles of its Og outputs over its T * Cg inputs in bit-row order (row t * Cg + c).
+inline LayoutSize conv_layout_size(const ConvShape& s) {
+  return {2 * s.G * s.Ob * s.Wk * kLanes, (s.G * tile_bytes(s.T * s.Cg, s.Og) + 7) / 8};
 }
 
-// The bit-planes of a packed conv weight [O, ceil(in_channels / groups * kh * kw / 16)] as
-// ternary_conv2d_spikes uses them for this geometry: a cache for a weight that does not change.
-at::Tensor ternary_conv2d_planes(const at::Tensor& packed, int64_t in_channels, int64_t groups,
+// Fill the parts of a conv layout that are asked for, from packed [O, W16] (codes in (channel, tap) order).
+void fill_conv_layout(const int32_t* packed, int64_t W16, const ConvShape& s, bool planes, bool tiles,
+                      int64_t* layout) {
+  const LayoutSize size = conv_layout_size(s);
+  if (planes) {
+    auto* plus = reinterpret_cast<uint64_t*>(layout);
+    std::fill(plus, plus + size.plane_words, 0);  // lanes past Og stay zero
+    to_conv_bit_planes(packed, W16, s, plus, plus + size.plane_words / 2);
+  }
+  if (tiles) {
+    const int64_t R = s.T * s.Cg, group_bytes = tile_bytes(R, s.Og);
+    auto* first = reinterpret_cast<int8_t*>(layout + size.plane_words);
+    for (int64_t g = 0; g < s.G; ++g)
+      to_column_tiles(packed + g * s.Og * W16, s.Og, W16, R, first + g * group_bytes,
+                      [&](int64_t k) { return k % s.T * s.Cg + k / s.T; });
+  }
+}
+
+// The CPU layout of a packed conv weight [O, ceil(in_channels / groups * kh * kw / 16)] as ternary_conv2d_spikes
+// reads it for this geometry (int64 [P], see conv_layout_size): a cache for a weight that does not change.
+at::Tensor ternary_conv2d_layout(const at::Tensor& packed, int64_t in_channels, int64_t groups,
                                  at::IntArrayRef kernel_size) {
   TORCH_CHECK(kernel_size.size() == 2 && std::min(kernel_size[0], kernel_size[1]) >= 1,
-              "ternary_conv2d_planes: kernel_size must be a pair of positive ints");
+              "ternary_conv2d_layout: kernel_size must be a pair of positive ints");
   TORCH_CHECK(groups >= 1 && in_channels % groups == 0 && packed.dim() == 2 && packed.size(0) % groups == 0,
-              "ternary_conv2d_planes: groups = ", groups, " must divide in_channels = ", in_channels,
+              "ternary_conv2d_layout: groups = ", groups, " must divide in_channels = ", in_channels,
               " and the output channels");
   ConvShape s{};
   set_weight_shape(s, packed.size(0), in_channels / groups, groups, kernel_size[0], kernel_size[1]);
   TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kInt && packed.is_contiguous() &&
                   packed.size(1) == (s.Cg * s.T + kCodesPerWord - 1) / kCodesPerWord,
-              "ternary_conv2d_planes: packed must be a contiguous int32 CPU tensor [O, ceil(C/groups*kh*kw/16)], got ",
+              "ternary_conv2d_layout: packed must be a contiguous int32 CPU tensor [O, ceil(C/groups*kh*kw/16)], got ",
               packed.scalar_type(), " ", packed.sizes());
-  return conv_planes(packed, s);
+  const LayoutSize size = conv_layout_size(s);
+  at::Tensor layout = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));
+  fill_conv_layout(packed.data_ptr<int32_t>(), packed.size(1), s, true, true, layout.data_ptr<int64_t>());
+  return layout;
 }
 
 // y [B, O, Ho, Wo] = conv2d of spikes x [B, C, H, W] with the packed ternary weight [O, C / groups, kh, kw]
 // (packed [O, ceil(C / groups * kh * kw / 16)], scale [O] or [2, O], bias [O]); exact, and finished in
-// float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32. `planes`:
-// ternary_conv2d_planes(packed, C, groups, kernel_size), when cached; made here otherwise.
+// float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32. `layout`:
+// ternary_conv2d_layout(packed, C, groups, kernel_size), when cached; the part needed is made here otherwise.
+// `kernel`: as in ternary_linear_spikes, the density being that of the input's spikes.
 at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& planes,
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                 int64_t groups, at::IntArrayRef kernel_size, bool simd) {
+                                 int64_t groups, at::IntArrayRef kernel_size, c10::string_view kernel) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
               "ternary_conv2d: x must be a contiguous 4-D CPU tensor [B, C, H, W], got ", x.sizes());
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && kernel_size.size() == 2,
@@ -534,6 +788,7 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
   TORCH_CHECK(std::min(stride[0], stride[1]) >= 1 && std::min(padding[0], padding[1]) >= 0 &&
                   std::min(dilation[0], dilation[1]) >= 1 && std::min(kernel_size[0], kernel_size[1]) >= 1,
               "ternary_conv2d: need stride, dilation, kernel_size >= 1 and padding >= 0");
+  const SpikeKernel choice = spike_kernel(kernel, "ternary_conv2d");
   ConvShape s{};
   s.B = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
   s.sh = stride[0], s.sw = stride[1], s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
@@ -547,28 +802,29 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
   s.Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
   s.Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
   s.Wc = (s.Cg + 63) / 64;
-  const int64_t plane_size = s.G * s.Ob * s.Wk * kLanes;
-  if (planes.has_value()) check_planes(*planes, {2, plane_size}, "ternary_conv2d");
-  const at::Tensor weight_planes = planes.has_value() ? *planes : conv_planes(packed, s);
-  const auto* plus = reinterpret_cast<const uint64_t*>(weight_planes.data_ptr<int64_t>());
-  const auto* minus = plus + plane_size;
+  const LayoutSize size = conv_layout_size(s);
+  if (layout.has_value()) check_layout(*layout, size, "ternary_conv2d");
   std::vector<uint64_t> bits(s.B * s.H * s.W * s.G * s.Wc);
   bool ok = true;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_conv2d_spikes", [&] {
     ok = to_pixel_bits(x.data_ptr<scalar_t>(), s, bits.data());
   });
   TORCH_CHECK(ok, "ternary_conv2d: spike input must hold only 0 and 1; found other values");
+  int64_t spikes = 0;
+  for (const uint64_t word : bits) spikes += __builtin_popcountll(word);
+  const bool by_events = use_events(choice, spikes, x.numel());
+  at::Tensor made;
+  if (!layout.has_value()) {
+    made = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));
+    fill_conv_layout(packed.data_ptr<int32_t>(), packed.size(1), s, !by_events, by_events, made.data_ptr<int64_t>());
+  }
+  const int64_t* words = (layout.has_value() ? *layout : made).data_ptr<int64_t>();
   const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
   at::Tensor y = at::empty({s.B, s.O, s.Ho, s.Wo}, x.options().dtype(out_dtype));
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_conv2d_spikes_out", [&] {
-    if (simd && TNA_HAVE_VPOPCNT) {
-      spike_conv<true>(bits.data(), plus, minus, s, scale.data_ptr<float>(), scale.dim() == 2, bp,
-                       y.data_ptr<scalar_t>());
-    } else {
-      spike_conv<false>(bits.data(), plus, minus, s, scale.data_ptr<float>(), scale.dim() == 2, bp,
-                        y.data_ptr<scalar_t>());
-    }
+    spike_conv(bits.data(), words, size, by_events, s, scale.data_ptr<float>(), scale.dim() == 2, bp,
+               y.data_ptr<scalar_t>());
   });
   return y;
 }
@@ -678,21 +934,22 @@ at::Tensor ternary_linear_grad_input(const at::Tensor& grad_y, const at::Tensor&
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
-  m.def("ternary_linear_planes(Tensor packed, int k) -> Tensor");
-  m.def("ternary_conv2d_planes(Tensor packed, int in_channels, int groups, int[] kernel_size) -> Tensor");
+  m.def("ternary_event_density() -> float", [] { return kEventDensity; });
+  m.def("ternary_linear_layout(Tensor packed, int k) -> Tensor");
+  m.def("ternary_conv2d_layout(Tensor packed, int in_channels, int groups, int[] kernel_size) -> Tensor");
   m.def(
-      "ternary_linear_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? planes, bool simd) "
+      "ternary_linear_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? layout, str kernel) "
       "-> Tensor");
   m.def(
-      "ternary_conv2d_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? planes, int[] stride, "
-      "int[] padding, int[] dilation, int groups, int[] kernel_size, bool simd) -> Tensor");
+      "ternary_conv2d_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? layout, int[] stride, "
+      "int[] padding, int[] dilation, int groups, int[] kernel_size, str kernel) -> Tensor");
   m.def("ternary_linear_dense(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor");
   m.def("ternary_linear_grad_input(Tensor grad_y, Tensor packed, Tensor scale, int k) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {
-  m.impl("ternary_linear_planes", &ternary_linear_planes);
-  m.impl("ternary_conv2d_planes", &ternary_conv2d_planes);
+  m.impl("ternary_linear_layout", &ternary_linear_layout);
+  m.impl("ternary_conv2d_layout", &ternary_conv2d_layout);
   m.impl("ternary_linear_spikes", &ternary_linear_spikes);
   m.impl("ternary_conv2d_spikes", &ternary_conv2d_spikes);
   m.impl("ternary_linear_dense", &ternary_linear_dense);

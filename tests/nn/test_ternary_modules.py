@@ -113,7 +113,7 @@ def test_qat_ternary_network_learns(quantizer):
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_frozen_module_caches_bit_planes_and_remakes_them_when_packed_changes(kind):
+def test_frozen_module_caches_its_cpu_layout_and_remakes_it_when_packed_changes(kind):
     torch.manual_seed(0)
     if kind == "linear":
         layer, other, shape = TernaryLinear(50, 7), TernaryLinear(50, 7), (3, 50)
@@ -122,22 +122,22 @@ def test_frozen_module_caches_bit_planes_and_remakes_them_when_packed_changes(ki
     x = (torch.rand(shape) < 0.3).to(torch.uint8)  # integer input: spikes
     layer.freeze()
     other.freeze()
-    assert layer._planes is None, "nothing is made before the first spike input"
+    assert layer._layout is None, "nothing is made before the first spike input"
     got = layer(x)
-    planes = layer._planes
-    assert planes is not None and torch.equal(got, _on_reference_backend(layer)(x))
-    assert torch.equal(layer(x), got) and layer._planes is planes, "the cache is reused while packed is unchanged"
+    layout = layer._layout
+    assert layout is not None and torch.equal(got, _on_reference_backend(layer)(x))
+    assert torch.equal(layer(x), got) and layer._layout is layout, "the cache is reused while packed is unchanged"
     layer(torch.randn(shape))
-    assert layer._planes is planes, "real-valued input neither uses nor remakes the cache"
+    assert layer._layout is layout, "real-valued input neither uses nor remakes the cache"
     layer.load_state_dict(other.state_dict())  # packed changes in place
-    assert torch.equal(layer(x), _on_reference_backend(layer)(x)) and layer._planes is not planes
+    assert torch.equal(layer(x), _on_reference_backend(layer)(x)) and layer._layout is not layout
     with torch.no_grad():
         layer.packed.zero_()  # every code -1
     assert torch.equal(layer(x), _on_reference_backend(layer)(x))
 
 
 def _on_reference_backend(layer):
-    """A copy of a frozen layer that runs the reference backend (which uses no bit-planes)."""
+    """A copy of a frozen layer that runs the reference backend (which uses no CPU layout)."""
     import copy
 
     twin = copy.deepcopy(layer)

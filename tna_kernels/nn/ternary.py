@@ -4,17 +4,17 @@ In training the module keeps a float latent ``weight`` (and, for TTQ, the learne
 ``w_n``); every forward ternarizes it, runs the packed kernel, and passes the gradient back through
 the quantizer's straight-through estimator. ``freeze()`` keeps only the packed words, the scale and
 the format version (buffers ``packed``, ``scale``, ``format_version``): the deployed form, whose
-``state_dict`` loads into a fresh module of the same class. On CPU a frozen module keeps the bit-planes
-that the C++ spike kernels re-lay the packed weight into (made on its first spike input, and again
-whenever ``packed`` changes), so that inference does not redo that work on every call; under
-``torch.compile`` the kernels re-lay the weight each call instead.
+``state_dict`` loads into a fresh module of the same class. On CPU a frozen module keeps the layout
+(bit-planes and code columns) that the C++ spike kernels re-lay the packed weight into (made on its
+first spike input, and again whenever ``packed`` changes), so that inference does not redo that work
+on every call; under ``torch.compile`` the kernels re-lay the weight each call instead.
 """
 import math
 import torch
 from torch import Tensor, nn
 
 from ..ops.ternary.format import FORMAT_VERSION, int_pair, pack_ternary
-from ..ops.ternary.op import conv2d_bit_planes, linear_bit_planes, ternary_conv2d, ternary_linear, uses_bit_planes
+from ..ops.ternary.op import conv2d_cpu_layout, linear_cpu_layout, ternary_conv2d, ternary_linear, uses_cpu_layout
 from ..ops.ternary.quantize import QUANTIZERS, quantize_weight, ternarize
 from ..ops.ternary.reference import is_spike_input
 
@@ -27,7 +27,7 @@ class _Ternary(nn.Module):
             raise ValueError(f"unknown quantizer {quantizer!r}; choose one of {QUANTIZERS}")
         self.quantizer, self.per_channel, self.spikes, self.backend = quantizer, per_channel, spikes, backend
         self.frozen = False
-        self._planes, self._planes_key = None, None
+        self._layout, self._layout_key = None, None
         if quantizer == "ttq":
             _, scale = ternarize(self.weight, "ttq", per_channel)
             entries = self.weight.shape[0] if per_channel else 1
@@ -74,18 +74,18 @@ class _Ternary(nn.Module):
         self.register_buffer("format_version", torch.tensor(FORMAT_VERSION, dtype=torch.int64))
         self.frozen = True
 
-    def _bit_planes(self, x: Tensor):
-        """The cached bit-planes of the frozen weight for the C++ spike kernels, or None where they do not
+    def _cpu_layout(self, x: Tensor):
+        """The cached CPU layout of the frozen weight for the C++ spike kernels, or None where they do not
         apply (training, real-valued input, another backend, torch.compile). Made again when ``packed``
         changed (another tensor, or modified in place)."""
         packed = self.packed if self.frozen else None
         if (packed is None or torch.compiler.is_compiling() or not is_spike_input(x, self.spikes)
-                or not uses_bit_planes(self.backend, packed.device)):
+                or not uses_cpu_layout(self.backend, packed.device)):
             return None
         key = (packed.data_ptr(), packed._version)
-        if self._planes_key != key:
-            self._planes, self._planes_key = self._make_bit_planes(packed), key
-        return self._planes
+        if self._layout_key != key:
+            self._layout, self._layout_key = self._make_cpu_layout(packed), key
+        return self._layout
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -136,13 +136,13 @@ class TernaryLinear(_Ternary):
                     backend, device=module.weight.device, dtype=module.weight.dtype)
         return layer._copy_from(module)
 
-    def _make_bit_planes(self, packed: Tensor) -> Tensor:
-        return linear_bit_planes(packed, self.in_features)
+    def _make_cpu_layout(self, packed: Tensor) -> Tensor:
+        return linear_cpu_layout(packed, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
         packed, scale, weight = self._quantized()
         return ternary_linear(x, packed, scale, self.bias, spikes=self.spikes, backend=self.backend, weight=weight,
-                              planes=self._bit_planes(x))
+                              layout=self._cpu_layout(x))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -200,8 +200,8 @@ class TernaryConv2d(_Ternary):
                     per_channel, spikes, backend, device=module.weight.device, dtype=module.weight.dtype)
         return layer._copy_from(module)
 
-    def _make_bit_planes(self, packed: Tensor) -> Tensor:
-        return conv2d_bit_planes(packed, self.in_channels, self.groups, self.kernel_size)
+    def _make_cpu_layout(self, packed: Tensor) -> Tensor:
+        return conv2d_cpu_layout(packed, self.in_channels, self.groups, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() not in (4, 5):
@@ -210,7 +210,7 @@ class TernaryConv2d(_Ternary):
         packed, scale, weight = self._quantized()
         y = ternary_conv2d(x.reshape(-1, *x.shape[-3:]), packed, scale, self.bias, self.stride, self.padding,
                            self.dilation, self.groups, kernel_size=self.kernel_size, spikes=self.spikes,
-                           backend=self.backend, weight=weight, planes=self._bit_planes(x))
+                           backend=self.backend, weight=weight, layout=self._cpu_layout(x))
         return y.reshape(*lead, *y.shape[1:])
 
     def extra_repr(self) -> str:

@@ -1,5 +1,7 @@
 """Ternary linear / conv2d through the public functions (C++ backend) against the reference: exact on
 spikes, a dtype tolerance on real input; every gradient; opcheck; compile; errors."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,21 +26,24 @@ def _weights(n, k, asymmetric, seed, kernel=None):
     return codes, pack_ternary(codes), scale, torch.randn(n, generator=gen)
 
 
+KERNELS = ["auto", "dense", "events"]  # the C++ spike kernels' choice (dense bit-plane popcounts, column adds)
+
+
 def _spikes(shape, dtype, seed):
     s = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) > 0.6
     return s.to(dtype)
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8, torch.bool])
 @pytest.mark.parametrize("asymmetric", [False, True])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 17, 5), (70, 130, 33), (4, 600, 3)])
-def test_spike_linear_is_exact(simd, dtype, asymmetric, m, k, n):
+def test_spike_linear_is_exact(kernel, dtype, asymmetric, m, k, n):
     assert cpp_extension_available()
     codes, packed, scale, bias = _weights(n, k, asymmetric, seed=m * k + n)
     x = _spikes((m, k), dtype, seed=k)
     for b in (None, bias):
-        got = torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, b, None, simd)
+        got = torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, b, None, kernel)
         want = ternary_linear_reference(x, packed, scale, b, spikes=True)
         assert got.dtype == want.dtype and torch.equal(got, want)
 
@@ -121,15 +126,15 @@ def _spike_conv_case(case, dtype, asymmetric, seed):
     return x, packed, scale, bias, [stride, padding, dilation, groups, list(kernel)]
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize("asymmetric", [False, True])
 @pytest.mark.parametrize("case", SPIKE_CONV_CASES)
-def test_spike_conv_kernel_is_exact(simd, dtype, asymmetric, case):
+def test_spike_conv_kernel_is_exact(kernel, dtype, asymmetric, case):
     assert cpp_extension_available()
     x, packed, scale, bias, geometry = _spike_conv_case(case, dtype, asymmetric, seed=sum(case[:5]))
     for b in (None, bias):
-        got = torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, b, None, *geometry, simd)
+        got = torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, b, None, *geometry, kernel)
         want = ternary_conv2d_reference(x, packed, scale, b, *geometry[:4], kernel_size=geometry[4], spikes=True)
         assert got.dtype == want.dtype and torch.equal(got, want)
 
@@ -148,15 +153,15 @@ def test_spike_conv_dtypes_through_public_function(dtype):
 @given(batch=st.integers(1, 3), in_per_group=st.integers(1, 140), out_per_group=st.integers(1, 20),
        groups=st.integers(1, 3), height=st.integers(1, 12), width=st.integers(1, 12), kernel=st.integers(1, 4),
        stride=st.integers(1, 3), padding=st.integers(0, 2), dilation=st.integers(1, 2), asymmetric=st.booleans(),
-       simd=st.booleans(), seed=st.integers(0, 2**16))
+       choice=st.sampled_from(KERNELS), seed=st.integers(0, 2**16))
 def test_property_spike_conv_exact(batch, in_per_group, out_per_group, groups, height, width, kernel, stride,
-                                   padding, dilation, asymmetric, simd, seed):
+                                   padding, dilation, asymmetric, choice, seed):
     span = dilation * (kernel - 1) + 1
     assume(height + 2 * padding >= span and width + 2 * padding >= span)
     _, packed, scale, bias = _weights(out_per_group * groups, in_per_group, asymmetric, seed, kernel=(kernel, kernel))
     x = _spikes((batch, in_per_group * groups, height, width), torch.float32, seed + 1)
     geometry = [[stride] * 2, [padding] * 2, [dilation] * 2, groups, [kernel] * 2]
-    assert torch.equal(torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, bias, None, *geometry, simd),
+    assert torch.equal(torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, bias, None, *geometry, choice),
                        ternary_conv2d_reference(x, packed, scale, bias, *geometry[:4], kernel_size=geometry[4],
                                                 spikes=True))
 
@@ -217,7 +222,7 @@ def test_opcheck(backend):
 
 @pytest.mark.parametrize("spikes", [False, True])
 def test_compile_frozen_model_fullgraph(spikes):
-    """Compiled frozen layers equal eager ones (on spikes, eager uses the cached bit-planes, compiled not)."""
+    """Compiled frozen layers equal eager ones (on spikes, eager uses the cached CPU layout, compiled not)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         tna_kernels.nn.TernaryConv2d(3, 8, 3, padding=1, spikes=spikes), torch.nn.Flatten(),
@@ -227,7 +232,7 @@ def test_compile_frozen_model_fullgraph(spikes):
         layer.freeze()
     x = (torch.rand(2, 3, 6, 6) < 0.3).float() if spikes else torch.randn(2, 3, 6, 6)
     want = model(x)
-    assert (model[0]._planes is not None) == spikes
+    assert (model[0]._layout is not None) == spikes
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), want)
 
@@ -261,31 +266,100 @@ def test_errors_name_the_problem():
 
 @pytest.mark.parametrize("asymmetric", [False, True])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 100, 9), (33, 700, 17)])
-def test_spike_linear_with_cached_bit_planes_is_exact(asymmetric, m, k, n):
-    from tna_kernels.ops.ternary.op import linear_bit_planes
+def test_spike_linear_with_cached_layout_is_exact(asymmetric, m, k, n):
+    from tna_kernels.ops.ternary.op import linear_cpu_layout
 
     _, packed, scale, bias = _weights(n, k, asymmetric, seed=m + k + n)
-    planes = linear_bit_planes(packed, k)
-    assert planes.dtype == torch.int64 and planes.shape[:2] == (2, n)
+    layout = linear_cpu_layout(packed, k)
+    assert layout.dtype == torch.int64 and layout.dim() == 1
     x = _spikes((m, k), torch.float32, seed=k)
     want = ternary_linear_reference(x, packed, scale, bias, spikes=True)
-    assert torch.equal(ternary_linear(x, packed, scale, bias, spikes=True, backend="cpp", planes=planes), want)
-    other = linear_bit_planes(_weights(n + 1, k, asymmetric, seed=1)[1], k)
-    with pytest.raises(RuntimeError, match="planes must be the contiguous int64 CPU tensor"):
-        ternary_linear(x, packed, scale, bias, spikes=True, backend="cpp", planes=other)
+    assert torch.equal(ternary_linear(x, packed, scale, bias, spikes=True, backend="cpp", layout=layout), want)
+    other = linear_cpu_layout(_weights(n + 1, k, asymmetric, seed=1)[1], k)
+    with pytest.raises(RuntimeError, match="layout must be the contiguous int64 CPU tensor"):
+        ternary_linear(x, packed, scale, bias, spikes=True, backend="cpp", layout=other)
 
 
 @pytest.mark.parametrize("c,o,groups,kernel,stride,padding,dilation", [
     (3, 5, 1, (3, 3), 1, 1, 1), (8, 6, 2, (3, 2), 2, 0, 1), (70, 9, 1, (1, 1), 1, 0, 1), (4, 4, 4, (3, 3), 1, 2, 2)])
-def test_spike_conv2d_with_cached_bit_planes_is_exact(c, o, groups, kernel, stride, padding, dilation):
-    from tna_kernels.ops.ternary.op import conv2d_bit_planes
+def test_spike_conv2d_with_cached_layout_is_exact(c, o, groups, kernel, stride, padding, dilation):
+    from tna_kernels.ops.ternary.op import conv2d_cpu_layout
 
     _, packed, scale, bias = _weights(o, c // groups, True, seed=c + o, kernel=kernel)
-    planes = conv2d_bit_planes(packed, c, groups, kernel)
+    layout = conv2d_cpu_layout(packed, c, groups, kernel)
     x = _spikes((2, c, 7, 6), torch.float32, seed=c)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, kernel_size=kernel)
     want = ternary_conv2d_reference(x, packed, scale, bias, spikes=True, **geometry)
-    got = ternary_conv2d(x, packed, scale, bias, spikes=True, backend="cpp", planes=planes, **geometry)
+    got = ternary_conv2d(x, packed, scale, bias, spikes=True, backend="cpp", layout=layout, **geometry)
     assert torch.equal(got, want)
-    with pytest.raises(RuntimeError, match="planes must be the contiguous int64 CPU tensor"):
-        ternary_conv2d(x, packed, scale, bias, spikes=True, backend="cpp", planes=planes[:, 1:], **geometry)
+    with pytest.raises(RuntimeError, match="layout must be the contiguous int64 CPU tensor"):
+        ternary_conv2d(x, packed, scale, bias, spikes=True, backend="cpp", layout=layout[1:], **geometry)
+
+
+def _spikes_with_count(shape, count, seed):
+    """A float32 0/1 tensor of ``shape`` with exactly ``count`` ones at random places."""
+    x = torch.zeros(shape).flatten()
+    x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(seed))[:count]] = 1
+    return x.view(shape)
+
+
+def _counts_around_the_switch(total):
+    """Spike counts out of ``total`` inputs: none, one, the last count that takes the event kernel under "auto"
+    and the first that takes the dense one, half, and all."""
+    last_events = int(torch.ops.tna_cpp.ternary_event_density() * total)
+    return sorted({c for c in (0, 1, last_events, last_events + 1, total // 2, total) if c <= total})
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 777, 100), (3, 300, 40), (5, 130, 7), (2, 9000, 40)])
+def test_spike_linear_kernels_agree_on_both_sides_of_the_switch(asymmetric, m, k, n):
+    """Every kernel choice equals the reference at every density, around the "auto" switch point included
+    (n picks 1, 2 or 4 vectors of column lanes; k = 9000 narrows the columns to fit the tile budget)."""
+    _, packed, scale, bias = _weights(n, k, asymmetric, seed=m + k + n)
+    layout = torch.ops.tna_cpp.ternary_linear_layout(packed, k)
+    assert 0.0 < torch.ops.tna_cpp.ternary_event_density() < 1.0
+    for count in _counts_around_the_switch(m * k):
+        x = _spikes_with_count((m, k), count, seed=count)
+        want = ternary_linear_reference(x, packed, scale, bias, spikes=True)
+        for kernel in KERNELS:
+            for cached in (None, layout):
+                got = torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, bias, cached, kernel)
+                assert torch.equal(got, want), (count, kernel, cached is None)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("c,o,groups,kernel_size", [(64, 70, 1, (3, 3)), (6, 40, 2, (3, 2)), (20, 5, 1, (1, 1))])
+def test_spike_conv_kernels_agree_on_both_sides_of_the_switch(asymmetric, c, o, groups, kernel_size):
+    """As the linear test, for conv2d (the switch reads the density of the input's spikes)."""
+    _, packed, scale, bias = _weights(o, c // groups, asymmetric, seed=c + o, kernel=kernel_size)
+    layout = torch.ops.tna_cpp.ternary_conv2d_layout(packed, c, groups, list(kernel_size))
+    shape = (2, c, 6, 5)
+    geometry = [[1, 1], [1, 0], [1, 1], groups, list(kernel_size)]
+    for count in _counts_around_the_switch(math.prod(shape)):
+        x = _spikes_with_count(shape, count, seed=count)
+        want = ternary_conv2d_reference(x, packed, scale, bias, *geometry[:4], kernel_size=geometry[4], spikes=True)
+        for kernel in KERNELS:
+            for cached in (None, layout):
+                got = torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, bias, cached, *geometry, kernel)
+                assert torch.equal(got, want), (count, kernel, cached is None)
+
+
+@pytest.mark.parametrize("code", [1, -1])
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_spike_kernels_sum_long_runs_of_equal_codes_exactly(code, asymmetric):
+    """1000 spikes on equal codes: the event kernel's narrow partial sums must not overflow."""
+    n, k = 70, 1000
+    packed = pack_ternary(torch.full((n, k), code, dtype=torch.int8))
+    scale = torch.rand((2, n) if asymmetric else (n,)) + 0.5
+    x = torch.ones(2, k)
+    want = ternary_linear_reference(x, packed, scale, None, spikes=True)
+    plus_or_minus = scale[0 if code == 1 else 1] if asymmetric else scale
+    assert torch.equal(want, (code * k * plus_or_minus.double()).float().expand(2, n))
+    for kernel in KERNELS:
+        assert torch.equal(torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, None, None, kernel), want)
+
+
+def test_spike_kernel_choice_is_checked():
+    _, packed, scale, _ = _weights(3, 20, False, seed=0)
+    with pytest.raises(RuntimeError, match="kernel must be 'auto', 'dense' or 'events'"):
+        torch.ops.tna_cpp.ternary_linear_spikes(torch.ones(1, 20), packed, scale, None, None, "sparse")

@@ -48,13 +48,13 @@ def _cpp_spikes(kernel, *args) -> Tensor:
 
 
 def _linear_forward(backend: str, x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], spikes: bool,
-                    planes: Optional[Tensor] = None):
-    """y ``[M, N]`` from x ``[M, K]`` (contiguous); ``planes``: see ``linear_bit_planes``."""
+                    layout: Optional[Tensor] = None):
+    """y ``[M, N]`` from x ``[M, K]`` (contiguous); ``layout``: see ``linear_cpu_layout``."""
     if backend == "torch":
         return ternary_linear_reference(x, packed, scale, bias, spikes)
     if backend == "cpp":
         if is_spike_input(x, spikes):
-            return _cpp_spikes(torch.ops.tna_cpp.ternary_linear_spikes, x, packed, scale, bias, planes, True)
+            return _cpp_spikes(torch.ops.tna_cpp.ternary_linear_spikes, x, packed, scale, bias, layout, "auto")
         return torch.ops.tna_cpp.ternary_linear_dense(x.float(), packed, scale, bias).to(x.dtype)
     from . import triton as triton_kernels
 
@@ -86,20 +86,20 @@ def _(backend, grad_y, packed, scale, k):
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("tna::ternary_linear", mutates_args=())
 def ternary_linear_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], weight: Optional[Tensor],
-                      planes: Optional[Tensor], spikes: bool, backend: str) -> Tensor:
+                      layout: Optional[Tensor], spikes: bool, backend: str) -> Tensor:
     """x ``[M, K]`` times the packed weight ``[N, ceil(K/16)]`` (scale ``[N]`` / ``[2, N]``, bias ``[N]``
     float32) -> ``[M, N]``. ``weight`` ``[N, K]`` is only a gradient target (see the module docstring);
-    ``planes`` the cached bit-planes of ``packed`` (``linear_bit_planes``) or None."""
-    return _linear_forward(backend, x.contiguous(), packed, scale, bias, spikes, planes)
+    ``layout`` the cached CPU layout of ``packed`` (``linear_cpu_layout``) or None."""
+    return _linear_forward(backend, x.contiguous(), packed, scale, bias, spikes, layout)
 
 
 @ternary_linear_op.register_fake
-def _(x, packed, scale, bias, weight, planes, spikes, backend):
+def _(x, packed, scale, bias, weight, layout, spikes, backend):
     return x.new_empty((x.shape[0], packed.shape[0]), dtype=output_dtype(x))
 
 
 def _linear_setup(ctx, inputs, output):
-    x, packed, scale, bias, weight, planes, spikes, backend = inputs
+    x, packed, scale, bias, weight, layout, spikes, backend = inputs
     ctx.backend = backend
     ctx.k = x.shape[1]
     ctx.x_dtype = x.dtype
@@ -158,17 +158,17 @@ def _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, g
 
 @torch.library.custom_op("tna::ternary_conv2d", mutates_args=())
 def ternary_conv2d_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], weight: Optional[Tensor],
-                      planes: Optional[Tensor], stride: list[int], padding: list[int], dilation: list[int],
+                      layout: Optional[Tensor], stride: list[int], padding: list[int], dilation: list[int],
                       groups: int, kernel_size: list[int], spikes: bool, backend: str) -> Tensor:
     """x ``[B, C, H, W]`` convolved with the packed weight ``[O, C/groups, kh, kw]`` -> ``[B, O, H_out, W_out]``;
-    ``planes`` the cached bit-planes of ``packed`` (``conv2d_bit_planes``) or None."""
+    ``layout`` the cached CPU layout of ``packed`` (``conv2d_cpu_layout``) or None."""
     x = x.contiguous()
     if backend == "torch":
         return ternary_conv2d_reference(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes)
     if backend == "cpp":
         if is_spike_input(x, spikes):  # direct kernel on bit-packed pixels, no float im2col
             return _cpp_spikes(torch.ops.tna_cpp.ternary_conv2d_spikes, x, packed.contiguous(), scale.contiguous(),
-                               bias, planes, stride, padding, dilation, groups, kernel_size, True)
+                               bias, layout, stride, padding, dilation, groups, kernel_size, "auto")
         return _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size)
     from . import triton as triton_kernels
 
@@ -179,13 +179,13 @@ def ternary_conv2d_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[T
 
 
 @ternary_conv2d_op.register_fake
-def _(x, packed, scale, bias, weight, planes, stride, padding, dilation, groups, kernel_size, spikes, backend):
+def _(x, packed, scale, bias, weight, layout, stride, padding, dilation, groups, kernel_size, spikes, backend):
     h_out, w_out = _conv_geometry(x.shape, kernel_size, stride, padding, dilation)
     return x.new_empty((x.shape[0], packed.shape[0], h_out, w_out), dtype=output_dtype(x))
 
 
 def _conv_setup(ctx, inputs, output):
-    x, packed, scale, bias, weight, planes, stride, padding, dilation, groups, kernel_size, spikes, backend = inputs
+    x, packed, scale, bias, weight, layout, stride, padding, dilation, groups, kernel_size, spikes, backend = inputs
     ctx.geometry = (stride, padding, dilation, groups, kernel_size)
     ctx.backend = backend
     ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
@@ -265,7 +265,7 @@ def _prepare(x, packed, scale, bias, spikes, backend, k, what):
 
 def ternary_linear(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor] = None, *,
                    spikes: bool = False, backend: str = "auto", weight: Optional[Tensor] = None,
-                   planes: Optional[Tensor] = None) -> Tensor:
+                   layout: Optional[Tensor] = None) -> Tensor:
     """``y = x @ W^T + bias`` with the ternary weight W ``[N, K]`` given packed.
 
     Args:
@@ -277,20 +277,20 @@ def ternary_linear(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tens
         backend: "auto", "torch" (reference), "cpp" or "triton".
         weight: for quantization-aware training only: the float quantized weight ``[N, K]`` whose
             gradient (``grad_y^T x``) is wanted; its values are not read.
-        planes: ``linear_bit_planes(packed, K)``, kept by a caller whose weight does not change (frozen
+        layout: ``linear_cpu_layout(packed, K)``, kept by a caller whose weight does not change (frozen
             modules do): the C++ spike kernel then skips re-laying the weight out. Ignored elsewhere.
 
     Returns ``[..., N]`` in x's dtype (float32 for integer x).
     """
     k = x.shape[-1] if isinstance(x, Tensor) and x.dim() >= 1 else -1
     backend, bias = _prepare(x, packed, scale, bias, spikes, backend, k, "ternary_linear")
-    y = ternary_linear_op(x.reshape(-1, k), packed, scale, bias, weight, planes, bool(spikes), backend)
+    y = ternary_linear_op(x.reshape(-1, k), packed, scale, bias, weight, layout, bool(spikes), backend)
     return y.view(*x.shape[:-1], packed.shape[0])
 
 
 def ternary_conv2d(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
                    dilation=1, groups: int = 1, *, kernel_size=None, spikes: bool = False, backend: str = "auto",
-                   weight: Optional[Tensor] = None, planes: Optional[Tensor] = None) -> Tensor:
+                   weight: Optional[Tensor] = None, layout: Optional[Tensor] = None) -> Tensor:
     """2-D convolution with a packed ternary weight ``[O, C/groups, kh, kw]`` (``nn.Conv2d`` arithmetic).
 
     Args:
@@ -299,7 +299,7 @@ def ternary_conv2d(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tens
         kernel_size: ``(kh, kw)``; inferred (square) from the packing when it is unambiguous.
         stride, padding, dilation: ints or pairs; groups divides C and O.
         spikes, backend, weight: as in ``ternary_linear`` (weight: ``[O, C/groups, kh, kw]``).
-        planes: ``conv2d_bit_planes(packed, C, groups, kernel_size)``, as in ``ternary_linear``.
+        layout: ``conv2d_cpu_layout(packed, C, groups, kernel_size)``, as in ``ternary_linear``.
 
     Returns ``[B, O, H_out, W_out]`` in x's dtype (float32 for integer x).
     """
@@ -318,27 +318,28 @@ def ternary_conv2d(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tens
     if min(_conv_geometry(x.shape, kernel, stride, padding, dilation)) < 1:
         raise ValueError(f"ternary_conv2d: input {list(x.shape[2:])} is smaller than the kernel {kernel} "
                          f"(padding {padding}, dilation {dilation})")
-    return ternary_conv2d_op(x, packed, scale, bias, weight, planes, stride, padding, dilation, groups, kernel,
+    return ternary_conv2d_op(x, packed, scale, bias, weight, layout, stride, padding, dilation, groups, kernel,
                              bool(spikes), backend)
 
 
-def linear_bit_planes(packed: Tensor, k: int) -> Tensor:
-    """The packed linear weight ``[N, ceil(k/16)]`` (CPU) re-laid out as the C++ spike kernel reads it: int64
-    ``[2, N, W]`` bit-planes (code +1, code -1; W words of 64 codes, padded). Pass it as ``planes`` to
-    ``ternary_linear`` while ``packed`` stays unchanged; needs the C++ extension."""
-    return _cpp_ops("linear_bit_planes").ternary_linear_planes(packed.contiguous(), k)
+def linear_cpu_layout(packed: Tensor, k: int) -> Tensor:
+    """The packed linear weight ``[N, ceil(k/16)]`` (CPU) re-laid out as the C++ spike kernels read it: an
+    opaque int64 ``[P]`` holding the +1 / -1 bit-planes (for the dense kernel) and the int8 code columns (for
+    the event-driven kernel). Pass it as ``layout`` to ``ternary_linear`` while ``packed`` stays unchanged;
+    needs the C++ extension."""
+    return _cpp_ops("linear_cpu_layout").ternary_linear_layout(packed.contiguous(), k)
 
 
-def conv2d_bit_planes(packed: Tensor, in_channels: int, groups: int, kernel_size) -> Tensor:
+def conv2d_cpu_layout(packed: Tensor, in_channels: int, groups: int, kernel_size) -> Tensor:
     """The packed conv weight ``[O, ceil(in_channels/groups*kh*kw/16)]`` (CPU) re-laid out as the C++ spike
-    conv kernel reads it (int64 ``[2, P]`` interleaved bit-planes), for ``ternary_conv2d``'s ``planes``
-    while ``packed`` stays unchanged; needs the C++ extension."""
-    return _cpp_ops("conv2d_bit_planes").ternary_conv2d_planes(packed.contiguous(), in_channels, groups,
+    conv kernels read it (an opaque int64 ``[P]``, as ``linear_cpu_layout``), for ``ternary_conv2d``'s
+    ``layout`` while ``packed`` stays unchanged; needs the C++ extension."""
+    return _cpp_ops("conv2d_cpu_layout").ternary_conv2d_layout(packed.contiguous(), in_channels, groups,
                                                                list(kernel_size))
 
 
-def uses_bit_planes(backend: str, device: torch.device) -> bool:
-    """Whether ``backend`` runs the C++ spike kernels on ``device``, the ones that take cached bit-planes."""
+def uses_cpu_layout(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs the C++ spike kernels on ``device``, the ones that take a cached CPU layout."""
     return device.type == "cpu" and resolve_backend(backend, device) == "cpp"
 
 
