@@ -1,11 +1,14 @@
 """Benchmark the ternary-weight linear and conv2d kernels against dense F.linear and F.conv2d.
 
 CPU: ``ternary_linear`` (C++) at K = N = 4096, M in {1, 16, 256, 2048}, on spike input (0/1 float32,
-20 % ones, ``spikes=True``; also given the weight's cached bit-planes, as a frozen module runs it) and on
+20 % ones, ``spikes=True``; also given the weight's cached CPU layout, as a frozen module runs it) and on
 real-valued float32 input, against ``F.linear`` with the same
 weight dequantized to float32, and in bfloat16 (weight and input); and ``ternary_conv2d`` on the
 spikes of a spiking ResNet layer (input [64, 128, 16, 16] with T*B folded, 3x3 conv 128 -> 128,
-padding 1) against ``F.conv2d`` in float32 and bfloat16.
+padding 1) against ``F.conv2d`` in float32 and bfloat16. Then a spike-rate sweep of the frozen layers
+(cached layout; M=256 for the linear layer, the same conv layer) at rates from 2 % to 60 %: the kernel
+chosen per call ("auto"), the dense bit-plane kernel and the event-driven kernel forced, against F.linear /
+F.conv2d in float32 on the same input.
 GPU (when CUDA is present): the Triton kernels at K = N in {4096, 8192}, M in {1, 16, 256, 1024, 4096},
 on bfloat16 spikes and bfloat16 real input, against cuBLAS (``F.linear`` in bfloat16 and in float32,
 PyTorch's default precision), and 3x3 conv layers (T*B = 256, C = O in {128, 256}, 32x32 and 16x16,
@@ -52,12 +55,20 @@ SPIKE_RATE = 0.2
 REAL_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 """Largest max|y - y_ref| / max|y_ref| of real-valued input, by output dtype."""
 KERNEL_NAME = "tna Triton kernel, no spike check"
-CACHED_NAME = "tna C++, cached bit-planes (as a frozen module)"
+CACHED_NAME = "tna C++, cached layout (as a frozen module)"
+SWEEP_RATES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.6)
+"""CPU: the spike rates of the sweep of frozen layers."""
+SWEEP_M = 256
+SWEEP_KERNELS = {"auto": "tna C++ frozen, kernel chosen per call", "dense": "dense kernel (bit-planes)",
+                 "events": "event-driven kernel"}
+"""The C++ spike kernels' choices, and their names in the sweep."""
 
 SPEED_GOALS = [
     # (goal, device, layer, inputs, baseline, shape filter, least speedup)
-    ("CPU: spike input at M=256 at least 5x faster than F.linear fp32",
+    ("CPU: frozen layer on spike input at M=256 at least 5x faster than F.linear fp32",
      "cpu", "linear", ("spikes",), "fp32", lambda shape: shape["M"] == 256, 5.0),
+    ("CPU: frozen conv2d on spike input at least 5x faster than F.conv2d fp32",
+     "cpu", "conv2d", ("spikes",), "fp32", lambda shape: True, 5.0),
     ("GPU: M <= 16 at least 4x faster than cuBLAS bf16 (K = N = 8192)",
      "cuda", "linear", ("spikes", "real"), "bf16", lambda shape: shape["M"] <= 16 and shape["K"] == 8192, 4.0),
     ("GPU: spike input at M >= 1024 at least 1.3x faster than cuBLAS bf16",
@@ -66,10 +77,20 @@ SPEED_GOALS = [
      "cuda", "conv2d", ("spikes",), "bf16", lambda shape: True, 1.0),
 ]
 MEMORY_GOAL = ("packed weights (with scales) at least 15x smaller than float32", 15.0)
+RATE_GOALS = [
+    # (goal, layer, least ratio of the time at 20 % spikes to the time at 5 %)
+    ("CPU: frozen linear (M=256) on 5% spikes at least 2.5x faster than on 20%", "linear", 2.5),
+    ("CPU: frozen conv2d on 5% spikes at least 1.5x faster than on 20%", "conv2d", 1.5),
+]
 
 
 def _tna_name(device: str) -> str:
     return "tna C++" if device == "cpu" else "tna Triton"
+
+
+def _goal_impl(device: str) -> str:
+    """The implementation the speed goals read: a frozen layer's on CPU, the Triton kernels' on GPU."""
+    return CACHED_NAME if device == "cpu" else _tna_name(device)
 
 
 def _activation_dtype(device: str) -> torch.dtype:
@@ -208,6 +229,73 @@ def bench(device: str, jobs, quick: bool):
     return rows, list(weights.values())
 
 
+def _sweep_layers(quick: bool) -> list:
+    """The sweep's frozen layers: (layer, case, make) where ``make(rate)`` returns ``{name: fn}`` for spike input at
+    ``rate`` (the kernel choices and the float32 baseline) after checking every kernel against the reference."""
+    k = LINEAR["cpu"][0][0]
+    packed, scale, weight = _ternary_weight((k, k), "cpu")
+    layout = linear_cpu_layout(packed, k)
+    input_shape, weight_shape = CONV["cpu"][0]
+    if quick:
+        input_shape = (8, *input_shape[1:])
+    c_packed, c_scale, c_weight = _ternary_weight(weight_shape, "cpu")
+    kernel = list(weight_shape[2:])
+    c_layout = conv2d_cpu_layout(c_packed, input_shape[1], 1, kernel)
+    geometry = ([1, 1], [CONV_PADDING] * 2, [1, 1], 1, kernel)
+
+    def linear(rate):
+        x = (torch.rand(SWEEP_M, k) < rate).float()
+        fns = {name: partial(torch.ops.tna_cpp.ternary_linear_spikes, x, packed, scale, None, layout, choice)
+               for choice, name in SWEEP_KERNELS.items()}
+        return fns, ternary_linear_reference(x, packed, scale, spikes=True), partial(F.linear, x, weight)
+
+    def conv(rate):
+        x = (torch.rand(input_shape) < rate).float()
+        fns = {name: partial(torch.ops.tna_cpp.ternary_conv2d_spikes, x, c_packed, c_scale, None, c_layout,
+                             *geometry, choice)
+               for choice, name in SWEEP_KERNELS.items()}
+        expected = ternary_conv2d_reference(x, c_packed, c_scale, padding=CONV_PADDING, kernel_size=kernel,
+                                            spikes=True)
+        return fns, expected, partial(F.conv2d, x, c_weight, padding=CONV_PADDING)
+
+    return [("linear", f"M={SWEEP_M} K={k} N={k}", linear),
+            ("conv2d", f"x {list(input_shape)} W {list(weight_shape)} padding {CONV_PADDING}", conv)]
+
+
+def rate_sweep(quick: bool) -> list:
+    """Rows (layer, case, rate, impl, ms, speedup_vs_fp32) of the frozen layers against the spike rate."""
+    from tqdm import tqdm
+
+    rates = (0.05, 0.2) if quick else SWEEP_RATES
+    rows = []
+    for layer, case, make in _sweep_layers(quick):
+        for rate in tqdm(rates, desc=f"{layer} spike-rate sweep", file=sys.stderr):
+            fns, expected, dense = make(rate)
+            for name, fn in fns.items():
+                if not torch.equal(fn(), expected):
+                    raise AssertionError(f"{name} on {layer} at spike rate {rate} differs from the exact reference")
+            fns[f"{'F.linear' if layer == 'linear' else 'F.conv2d'} fp32"] = dense
+            times = {name: [] for name in fns}
+            for _ in range(timing_rounds("cpu", quick)):
+                for name, fn in fns.items():
+                    times[name].append(time_ms(fn, "cpu", quick))
+            base = statistics.median(times[list(fns)[-1]])
+            for name, ms_list in times.items():
+                ms = statistics.median(ms_list)
+                rows.append(dict(layer=layer, case=case, rate=rate, impl=name, ms=ms, speedup_vs_fp32=base / ms))
+    return rows
+
+
+def rate_goals(sweep) -> list:
+    """The spike-rate goals: the frozen layer's time at 20 % spikes over its time at 5 %."""
+    result = []
+    for goal, layer, target in RATE_GOALS:
+        times = {r["rate"]: r["ms"] for r in sweep if r["layer"] == layer and r["impl"] == SWEEP_KERNELS["auto"]}
+        value = times[0.2] / times[0.05] if {0.05, 0.2} <= set(times) else None
+        result.append(dict(goal=goal, target=target, value=value, met=None if value is None else value >= target))
+    return result
+
+
 def goals(device: str, rows, weights) -> list:
     """The issue's goals for ``device``: each with the worst measured value (None: not measured)."""
     result = []
@@ -215,7 +303,7 @@ def goals(device: str, rows, weights) -> list:
         if goal_device != device:
             continue
         values = [r[f"speedup_vs_{baseline}"] for r in rows
-                  if r["layer"] == layer and r["impl"] == _tna_name(device) and r["input"] in inputs
+                  if r["layer"] == layer and r["impl"] == _goal_impl(device) and r["input"] in inputs
                   and selects(r["shape"])]
         value = min(values) if values else None
         result.append(dict(goal=goal, target=target, value=value, met=None if value is None else value >= target))
@@ -250,6 +338,16 @@ def markdown(result) -> str:
             f"| {'x'.join(map(str, w['weight_shape']))} | {size['ternary']} | {size['fp32']} | {size['bf16']} | "
             f"{w['fp32_over_ternary']:.2f}x | {w['bf16_over_ternary']:.2f}x |"
         )
+    if result.get("sweep"):
+        lines += [
+            "",
+            f"Frozen layers (cached layout) against the spike rate, {SWEEP_M} rows for the linear layer:",
+            "",
+            "| layer | spike rate | implementation | time (ms) | vs fp32 |",
+            "|---|---:|---|---:|---:|",
+        ]
+        for r in result["sweep"]:
+            lines.append(f"| {r['layer']} | {r['rate']:.0%} | {r['impl']} | {r['ms']:.3f} | {r['speedup_vs_fp32']:.2f}x |")
     lines += ["", "Goals:"]
     for g in result["goals"]:
         status = "not measured" if g["met"] is None else "met" if g["met"] else "NOT met"
@@ -271,6 +369,7 @@ def main(argv=None):
     jobs = [partial(_linear_job, args.device, m, k, k) for k in sizes for m in ms]
     jobs += [partial(_conv_job, args.device, input_shape, weight_shape) for input_shape, weight_shape in convs]
     rows, weights = bench(args.device, jobs, args.quick)
+    sweep = rate_sweep(args.quick) if args.device == "cpu" else []
     result = dict(
         benchmark="ternary",
         device=device_name(args.device),
@@ -281,8 +380,9 @@ def main(argv=None):
         malloc=malloc,
         spike_rate=SPIKE_RATE,
         rows=rows,
+        sweep=sweep,
         weights=weights,
-        goals=goals(args.device, rows, weights),
+        goals=goals(args.device, rows, weights) + rate_goals(sweep),
     )
     write_results("ternary", result, markdown(result), args)
 

@@ -24,8 +24,10 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+#if defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
 #define TNA_HAVE_VPOPCNT 1
 #else
 #define TNA_HAVE_VPOPCNT 0
@@ -68,26 +70,61 @@ void to_bit_planes(const int32_t* packed, int64_t N, int64_t W16, uint64_t* plus
   });
 }
 
+// The spike bits of x[0 .. n) (bit i set where x[i] != 0, n <= 64); a bit of `bad` is set where some x[i] is
+// neither 0 nor 1.
+template <typename T>
+inline uint64_t spike_word(const T* x, int64_t n, uint64_t& bad) {
+  uint64_t word = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    const uint64_t nonzero = v != 0.0f;
+    bad |= nonzero & static_cast<uint64_t>(v != 1.0f);
+    word |= nonzero << i;
+  }
+  return word;
+}
+
+#if defined(__AVX2__)
+// float32: eight lanes a compare.
+template <>
+inline uint64_t spike_word<float>(const float* x, int64_t n, uint64_t& bad) {
+  if (n < 64) {
+    uint64_t word = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t nonzero = x[i] != 0.0f;
+      bad |= nonzero & static_cast<uint64_t>(x[i] != 1.0f);
+      word |= nonzero << i;
+    }
+    return word;
+  }
+  uint64_t word = 0, wrong = 0;
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  for (int i = 0; i < 8; ++i) {
+    const __m256 v = _mm256_loadu_ps(x + 8 * i);
+    const auto nonzero = static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ)));
+    const auto ones = static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, one, _CMP_EQ_OQ)));
+    word |= nonzero << (8 * i);
+    wrong |= nonzero & ~ones;
+  }
+  bad |= wrong;
+  return word;
+}
+#endif
+
 // Bit rows [M, W64p] of x (nonzero -> 1). Returns false if some element is neither 0 nor 1.
 template <typename T>
 bool to_bit_rows(const T* x, int64_t M, int64_t K, uint64_t* bits, int64_t W64p) {
   std::atomic<bool> ok{true};
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    bool good = true;
+    uint64_t bad = 0;
     for (int64_t m = m0; m < m1; ++m) {
       const T* row = x + m * K;
       for (int64_t w = 0; w < W64p; ++w) {
-        uint64_t b = 0;
-        const int64_t k0 = 64 * w, k1 = std::min(K, k0 + 64);
-        for (int64_t k = k0; k < k1; ++k) {
-          const float v = static_cast<float>(row[k]);
-          good &= (v == 0.0f) | (v == 1.0f);
-          b |= static_cast<uint64_t>(v != 0.0f) << (k - k0);
-        }
-        bits[m * W64p + w] = b;
+        const int64_t k0 = 64 * w;
+        bits[m * W64p + w] = k0 < K ? spike_word(row + k0, std::min<int64_t>(64, K - k0), bad) : 0;
       }
     }
-    if (!good) ok = false;
+    if (bad != 0) ok = false;
   });
   return ok;
 }
@@ -156,6 +193,31 @@ struct SpikeOutput {
     if (bias != nullptr) v = v + bias[n];
     y[m * ldm + n * ldn] = static_cast<Out>(v);
   }
+
+  // Rows m0 .. m1 - 1 and columns n0 .. n1 - 1 from the sums of the codes, (m, n) at sums[(m - m0) * ld + n - n0],
+  // and, for an asymmetric scale, of their absolute values (abs_sums, likewise; then acc_p = (abs + sum) / 2
+  // and acc_n = (abs - sum) / 2): as store, in the order that writes y contiguously.
+  void store_sums(int64_t m0, int64_t m1, int64_t n0, int64_t n1, const int32_t* sums, const int32_t* abs_sums,
+                  int64_t ld) const {
+    auto value = [&](int64_t m, int64_t n) {
+      const int64_t i = (m - m0) * ld + n - n0;
+      float v;
+      if (asymmetric) {
+        const int32_t p = (abs_sums[i] + sums[i]) / 2, q = (abs_sums[i] - sums[i]) / 2;
+        v = static_cast<float>(p) * scale[n] - static_cast<float>(q) * scale[ldscale + n];
+      } else {
+        v = static_cast<float>(sums[i]) * scale[n];
+      }
+      return static_cast<Out>(bias != nullptr ? v + bias[n] : v);
+    };
+    if (ldn == 1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t n = n0; n < n1; ++n) y[m * ldm + n] = value(m, n);
+    } else {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t m = m0; m < m1; ++m) y[m * ldm + n * ldn] = value(m, n);
+    }
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -171,6 +233,7 @@ typedef int32_t i32x32 __attribute__((vector_size(128)));
 
 constexpr int64_t kTileBytes = 256 * 1024;  // most bytes of a column tile: it shares a 512 KiB L2
 constexpr int64_t kEventsPerFlush = 127;    // int8 sums of codes in {-1, 0, 1} stay exact this long
+constexpr int64_t kPrefetchEvents = 16;     // how far ahead add_events prefetches tile rows
 
 // The vectors of 32 output lanes (1, 2 or 4) per column-tile row for R inputs and N outputs.
 inline int tile_vectors(int64_t R, int64_t N) {
@@ -205,7 +268,8 @@ void to_column_tiles(const int32_t* packed, int64_t N, int64_t W16, int64_t R, i
   });
 }
 
-// The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1]).
+// The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1]), followed
+// by kPrefetchEvents zeros (add_events reads that far ahead).
 void list_events(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t>& offsets,
                  std::vector<int32_t>& events) {
   offsets.assign(M + 1, 0);
@@ -217,7 +281,7 @@ void list_events(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t
     }
   });
   for (int64_t m = 0; m < M; ++m) offsets[m + 1] += offsets[m];
-  events.resize(offsets[M]);
+  events.assign(offsets[M] + kPrefetchEvents, 0);
   at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       int32_t* out = events.data() + offsets[m];
@@ -228,7 +292,7 @@ void list_events(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t
 }
 
 // sum[v][l] += the codes of lane 32 v + l of tile rows events[0 .. count), and abs_sum likewise with |code|
-// (ABS: for asymmetric scales, which count the +1 and -1 codes apart).
+// (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads events[count + kPrefetchEvents - 1].
 template <int V, bool ABS>
 inline void add_events(const int8_t* tile, const int32_t* events, int64_t count, i32x32 (&sum)[V],
                        i32x32 (&abs_sum)[V]) {
@@ -236,6 +300,7 @@ inline void add_events(const int8_t* tile, const int32_t* events, int64_t count,
     const int64_t e1 = std::min(count, e0 + kEventsPerFlush);
     i8x32 s[V] = {}, a[V] = {};
     for (int64_t e = e0; e < e1; ++e) {
+      __builtin_prefetch(tile + static_cast<int64_t>(events[e + kPrefetchEvents]) * (32 * V));
       const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
       for (int v = 0; v < V; ++v) {
         i8x32 code;
@@ -251,32 +316,16 @@ inline void add_events(const int8_t* tile, const int32_t* events, int64_t count,
   }
 }
 
-// Row m of out, columns n0 .. n1 - 1 (at most 32V), from the event sums of add_events.
-template <int V, bool ABS, typename Out>
-inline void store_events(const i32x32 (&sum)[V], const i32x32 (&abs_sum)[V], int64_t m, int64_t n0, int64_t n1,
-                         const SpikeOutput<Out>& out) {
-  for (int64_t n = n0; n < n1; ++n) {
-    const int64_t j = n - n0, s = sum[j / 32][j % 32];
-    if constexpr (ABS) {
-      const int64_t a = abs_sum[j / 32][j % 32];
-      out.store(m, n, (a + s) / 2, (a - s) / 2);
-    } else {
-      out.store(m, n, s, 0);
-    }
-  }
-}
-
-// Rows m0 .. m1 - 1 (their events listed as by list_events, row m at offsets[m - m0]) against column tile t
-// ([R, 32V]) of N outputs.
-template <int V, bool ABS, typename Out>
-void event_rows(const int8_t* tile, int64_t t, int64_t N, const int64_t* offsets, const int32_t* events,
-                int64_t m0, int64_t m1, const SpikeOutput<Out>& out) {
-  const int64_t n0 = t * 32 * V, n1 = std::min(N, n0 + 32 * V);
-  for (int64_t m = m0; m < m1; ++m) {
+// The sums of `rows` rows of events (listed as by list_events, row r at offsets[r]) over column tile `tile`
+// ([R, 32V]): row r's 32V sums at sums[r * ld ..], and their absolute values' at abs_sums[r * ld ..] (ABS).
+template <int V, bool ABS>
+void event_sums(const int8_t* tile, const int64_t* offsets, const int32_t* events, int64_t rows, int32_t* sums,
+                int32_t* abs_sums, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
     i32x32 sum[V] = {}, abs_sum[V] = {};
-    const int64_t first = offsets[m - m0];
-    add_events<V, ABS>(tile, events + first, offsets[m - m0 + 1] - first, sum, abs_sum);
-    store_events<V, ABS>(sum, abs_sum, m, n0, n1, out);
+    add_events<V, ABS>(tile, events + offsets[r], offsets[r + 1] - offsets[r], sum, abs_sum);
+    std::memcpy(sums + r * ld, sum, sizeof sum);
+    if constexpr (ABS) std::memcpy(abs_sums + r * ld, abs_sum, sizeof abs_sum);
   }
 }
 
@@ -356,22 +405,24 @@ void spike_linear(const uint64_t* xbits, const uint64_t* plus, const uint64_t* m
   });
 }
 
-// Rows [M] of events (list_events) against the column tiles [Nt, K, 32V] of N outputs: tasks of up to 64 rows
+// Rows [M] of events (list_events) against the column tiles [Nt, K, 32V] of N outputs: tasks of up to kRows rows
 // against one tile, a task's neighbours sharing its tile.
 template <typename Out>
 void event_linear(const int8_t* tiles, int64_t K, int64_t N, const std::vector<int64_t>& offsets,
                   const std::vector<int32_t>& events, const SpikeOutput<Out>& out) {
   constexpr int64_t kRows = 64;
   const int64_t M = static_cast<int64_t>(offsets.size()) - 1, blocks = (M + kRows - 1) / kRows;
-  const int V = tile_vectors(K, N);
-  const int64_t Nt = (N + 32 * V - 1) / (32 * V);
+  const int V = tile_vectors(K, N), lanes = 32 * V;
+  const int64_t Nt = (N + lanes - 1) / lanes;
   dispatch_events(V, out.asymmetric, [&](auto width, auto abs) {
-    constexpr int W = decltype(width)::value;
-    constexpr bool ABS = decltype(abs)::value;
     at::parallel_for(0, Nt * blocks, 1, [&](int64_t q0, int64_t q1) {
+      std::vector<int32_t> sums(kRows * lanes), abs_sums(decltype(abs)::value ? kRows * lanes : 0);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t t = q / blocks, m0 = q % blocks * kRows, m1 = std::min(M, m0 + kRows);
-        event_rows<W, ABS>(tiles + t * K * 32 * W, t, N, offsets.data() + m0, events.data(), m0, m1, out);
+        event_sums<decltype(width)::value, decltype(abs)::value>(tiles + t * K * lanes, offsets.data() + m0,
+                                                                 events.data(), m1 - m0, sums.data(),
+                                                                 abs_sums.data(), lanes);
+        out.store_sums(m0, m1, t * lanes, std::min(N, (t + 1) * lanes), sums.data(), abs_sums.data(), lanes);
       }
     });
   });
@@ -688,12 +739,13 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
   const auto* plus = reinterpret_cast<const uint64_t*>(layout);
   const auto* minus = plus + size.plane_words / 2;
   const auto* tiles = reinterpret_cast<const int8_t*>(layout + size.plane_words);
-  const int V = tile_vectors(R, s.Og);
-  const int64_t Ot = (s.Og + 32 * V - 1) / (32 * V);
+  const int V = tile_vectors(R, s.Og), lanes = 32 * V;
+  const int64_t Ot = (s.Og + lanes - 1) / lanes;
   at::parallel_for(0, s.B * s.G * blocks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<uint64_t> rows(pixels * s.Wk);
     std::vector<int64_t> offsets;
     std::vector<int32_t> events;
+    std::vector<int32_t> sums(by_events ? pixels * Ot * lanes : 0), abs_sums(by_events && asymmetric ? sums.size() : 0);
     for (int64_t q = q0; q < q1; ++q) {  // q = (b * G + g) * blocks + block
       const int64_t b = q / (s.G * blocks), g = q / blocks % s.G;
       const int64_t l0 = q % blocks * pixels, l1 = std::min(L, l0 + pixels);
@@ -705,11 +757,12 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
         list_events(rows.data(), l1 - l0, s.Wk, offsets, events);
         const int8_t* group_tiles = tiles + g * tile_bytes(R, s.Og);
         dispatch_events(V, asymmetric, [&](auto width, auto abs) {
-          constexpr int W = decltype(width)::value;
           for (int64_t t = 0; t < Ot; ++t)
-            event_rows<W, decltype(abs)::value>(group_tiles + t * R * 32 * W, t, s.Og, offsets.data(), events.data(),
-                                                0, l1 - l0, out);
+            event_sums<decltype(width)::value, decltype(abs)::value>(group_tiles + t * R * lanes, offsets.data(),
+                                                                     events.data(), l1 - l0, sums.data() + t * lanes,
+                                                                     abs_sums.data() + t * lanes, Ot * lanes);
         });
+        out.store_sums(0, l1 - l0, 0, s.Og, sums.data(), abs_sums.data(), Ot * lanes);
         continue;
       }
       const uint64_t* p = plus + g * s.Ob * s.Wk * kLanes;
