@@ -249,19 +249,22 @@ inline int64_t tile_bytes(int64_t R, int64_t N) {
 }
 
 // Column tiles [Nt, R, 32V] (V = tile_vectors(R, N)) from packed rows [N, W16] whose code k is input
-// `input(k)`: tile row input(k) of output n holds code k of packed row n.
+// `input(k)`: tile row input(k) of output n holds code k of packed row n. One packed word of each of the
+// tile's outputs at a time, so that every store runs along a tile row.
 template <typename Input>
 void to_column_tiles(const int32_t* packed, int64_t N, int64_t W16, int64_t R, int8_t* tiles, Input input) {
   const int64_t lanes = 32 * tile_vectors(R, N), Nt = (N + lanes - 1) / lanes;
   at::parallel_for(0, Nt, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint32_t> words(lanes);
     for (int64_t t = t0; t < t1; ++t) {
       int8_t* tile = tiles + t * R * lanes;
-      std::fill(tile, tile + R * lanes, 0);
-      for (int64_t j = 0; j < lanes && t * lanes + j < N; ++j) {
-        const uint32_t* row = reinterpret_cast<const uint32_t*>(packed + (t * lanes + j) * W16);
-        for (int64_t k = 0; k < R; ++k) {
-          const uint32_t code = (row[k / kCodesPerWord] >> (2 * (k % kCodesPerWord))) & 3u;
-          tile[input(k) * lanes + j] = static_cast<int8_t>(static_cast<int>(code) - 1);
+      const int64_t outputs = std::min(lanes, N - t * lanes);
+      for (int64_t w = 0; w < W16; ++w) {
+        for (int64_t j = 0; j < lanes; ++j)  // outputs past N: code 1, a zero weight
+          words[j] = j < outputs ? static_cast<uint32_t>(packed[(t * lanes + j) * W16 + w]) : 0x55555555u;
+        for (int64_t i = 0; i < kCodesPerWord && w * kCodesPerWord + i < R; ++i) {
+          int8_t* row = tile + input(w * kCodesPerWord + i) * lanes;
+          for (int64_t j = 0; j < lanes; ++j) row[j] = static_cast<int8_t>(static_cast<int>((words[j] >> (2 * i)) & 3u) - 1);
         }
       }
     }
@@ -359,9 +362,14 @@ SpikeKernel spike_kernel(c10::string_view name, const char* op) {
   return SpikeKernel::events;
 }
 
-// Whether `spikes` set bits out of `inputs` take the event kernel.
-inline bool use_events(SpikeKernel kernel, int64_t spikes, int64_t inputs) {
+// Without a cached layout, the event kernel first writes the int8 columns (a byte per weight, the bit-planes take
+// a quarter of that): "auto" takes it only for at least this many rows (output pixels for conv2d).
+constexpr int64_t kEventRowsUncached = 128;
+
+// Whether `spikes` set bits out of `inputs`, in `rows` rows, take the event kernel (`cached`: the layout is given).
+inline bool use_events(SpikeKernel kernel, int64_t spikes, int64_t inputs, int64_t rows, bool cached) {
   if (kernel != SpikeKernel::automatic) return kernel == SpikeKernel::events;
+  if (!cached && rows < kEventRowsUncached) return false;
   return static_cast<double>(spikes) <= kEventDensity * static_cast<double>(inputs);
 }
 
@@ -523,7 +531,7 @@ at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, 
   std::vector<int64_t> offsets;
   std::vector<int32_t> events;
   list_events(xbits.data(), M, W64p, offsets, events);
-  const bool by_events = use_events(choice, offsets[M], M * K);
+  const bool by_events = use_events(choice, offsets[M], M * K, M, layout.has_value());
   at::Tensor made;
   if (!layout.has_value()) {
     made = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));
@@ -865,7 +873,7 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
   TORCH_CHECK(ok, "ternary_conv2d: spike input must hold only 0 and 1; found other values");
   int64_t spikes = 0;
   for (const uint64_t word : bits) spikes += __builtin_popcountll(word);
-  const bool by_events = use_events(choice, spikes, x.numel());
+  const bool by_events = use_events(choice, spikes, x.numel(), s.B * s.Ho * s.Wo, layout.has_value());
   at::Tensor made;
   if (!layout.has_value()) {
     made = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));

@@ -311,10 +311,11 @@ def _counts_around_the_switch(total):
 
 
 @pytest.mark.parametrize("asymmetric", [False, True])
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 777, 100), (3, 300, 40), (5, 130, 7), (2, 9000, 40)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 777, 100), (3, 300, 40), (5, 130, 7), (2, 9000, 40), (130, 64, 33)])
 def test_spike_linear_kernels_agree_on_both_sides_of_the_switch(asymmetric, m, k, n):
     """Every kernel choice equals the reference at every density, around the "auto" switch point included
     (n picks 1, 2 or 4 vectors of column lanes; k = 9000 narrows the columns to fit the tile budget)."""
+    assert cpp_extension_available()
     _, packed, scale, bias = _weights(n, k, asymmetric, seed=m + k + n)
     layout = torch.ops.tna_cpp.ternary_linear_layout(packed, k)
     assert 0.0 < torch.ops.tna_cpp.ternary_event_density() < 1.0
@@ -331,6 +332,7 @@ def test_spike_linear_kernels_agree_on_both_sides_of_the_switch(asymmetric, m, k
 @pytest.mark.parametrize("c,o,groups,kernel_size", [(64, 70, 1, (3, 3)), (6, 40, 2, (3, 2)), (20, 5, 1, (1, 1))])
 def test_spike_conv_kernels_agree_on_both_sides_of_the_switch(asymmetric, c, o, groups, kernel_size):
     """As the linear test, for conv2d (the switch reads the density of the input's spikes)."""
+    assert cpp_extension_available()
     _, packed, scale, bias = _weights(o, c // groups, asymmetric, seed=c + o, kernel=kernel_size)
     layout = torch.ops.tna_cpp.ternary_conv2d_layout(packed, c, groups, list(kernel_size))
     shape = (2, c, 6, 5)
@@ -348,6 +350,7 @@ def test_spike_conv_kernels_agree_on_both_sides_of_the_switch(asymmetric, c, o, 
 @pytest.mark.parametrize("asymmetric", [False, True])
 def test_spike_kernels_sum_long_runs_of_equal_codes_exactly(code, asymmetric):
     """1000 spikes on equal codes: the event kernel's narrow partial sums must not overflow."""
+    assert cpp_extension_available()
     n, k = 70, 1000
     packed = pack_ternary(torch.full((n, k), code, dtype=torch.int8))
     scale = torch.rand((2, n) if asymmetric else (n,)) + 0.5
@@ -360,6 +363,7 @@ def test_spike_kernels_sum_long_runs_of_equal_codes_exactly(code, asymmetric):
 
 
 def test_spike_kernel_choice_is_checked():
+    assert cpp_extension_available()
     _, packed, scale, _ = _weights(3, 20, False, seed=0)
     with pytest.raises(RuntimeError, match="kernel must be 'auto', 'dense' or 'events'"):
         torch.ops.tna_cpp.ternary_linear_spikes(torch.ones(1, 20), packed, scale, None, None, "sparse")
