@@ -210,6 +210,32 @@ def _table_section(title: str):
     return section
 
 
+def _ternary_section(path: Path, result) -> list:
+    """The ternary table, then the plot of the frozen layers' time against the spike rate (CPU runs)."""
+    lines = _table_section("Ternary linear and conv2d")(path, result)
+    return lines + _images(_plot_ternary_rates(path, result) if result.get("sweep") else [])
+
+
+def _plot_ternary_rates(path: Path, result) -> list:
+    """Time of each frozen-layer kernel and of the float32 baseline against the spike rate, one panel a layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(dict.fromkeys(r["layer"] for r in result["sweep"]))
+    figure, panels = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), squeeze=False)
+    for axes, layer in zip(panels[0], layers):
+        rows = [r for r in result["sweep"] if r["layer"] == layer]
+        for name in dict.fromkeys(r["impl"] for r in rows):
+            points = sorted((100 * r["rate"], r["ms"]) for r in rows if r["impl"] == name)
+            axes.plot(*zip(*points), marker="o", label=name)
+        axes.set(yscale="log", xlabel="spike rate of the input (%)", ylabel="time (ms)", title=rows[0]["case"])
+        axes.legend(fontsize=7)
+    figure.suptitle(f"Frozen ternary layers against the spike rate on {result['device']}", fontsize=10)
+    return [_save(figure, path, "rates")]
+
+
 HOPPER_GOAL_LAUNCHES = ("lif forward bf16", "lif backward bf16", "ternary linear M=16 bf16",
                         "ternary linear M=512 u8", "ternary conv2d 3x3 u8")
 
@@ -256,7 +282,7 @@ def _kind(path: Path) -> str:
 SECTIONS = {
     "lif": _lif_section,
     "open_neuromorphic": _open_neuromorphic_section,
-    "ternary": _table_section("Ternary linear and conv2d"),
+    "ternary": _ternary_section,
     "train_step": _table_section("TNA training step of spiking ResNet-19"),
     "hopper_compile": _hopper_compile_section,
 }
