@@ -8,7 +8,7 @@ holding the dequantized weight (scale x code). Both run under ``torch.inference_
 the whole forward, from the images ``[B, C, H, W]`` to the logits ``[B, classes]``.
 
 - digits: the default ``tna-train`` model (spiking convnet on scikit-learn's 8x8 digits, T = 4, TNA,
-  ternary, first and last layer full precision), trained for a few epochs, written by ``export_run`` (what
+  ternary, first and last layer full precision), trained for 5 epochs, written by ``export_run`` (what
   ``tna-export`` runs) and read back by ``load_deployed`` (what ``tna-eval`` runs); timed on test images.
   Nothing is downloaded.
 - vgg11: spiking VGG-11 of ``python/tna/models`` at 32x32, T = 4, every weight layer ternary
@@ -26,9 +26,12 @@ sums differently, so logits must agree within ``LOGIT_TOLERANCE`` and at most ``
 spikes may differ. A failed check aborts the run. The measured spike rates (spikes per neuron per timestep)
 are part of the result. The goals of the issue are printed as met or not.
 
-    python benchmarks/bench_deploy.py            # full run, writes benchmarks/results/deploy_<device>.json
-    python benchmarks/bench_deploy.py --quick --out /tmp/deploy.json   # a smoke run (1 training epoch, rates
-                                                                       # 5% and 20%, batch 1 and 8), plot beside it
+    python benchmarks/bench_deploy.py                   # writes benchmarks/results/deploy_<device>.json
+    python benchmarks/bench_deploy.py --quick --out /tmp/deploy.json   # smoke run; the plot next to --out
+
+``--quick``: the digits model untrained (deployed by ``deployable`` without a file), rates 5% and 20%, batch 1
+and 8, one timing round. ``python -m benchmarks`` draws the plot (``<result>_rates.png``) through ``report.py``;
+a run with ``--out`` draws it next to its JSON.
 """
 import copy
 import math
@@ -41,8 +44,14 @@ import torch
 from torch import Tensor, nn
 
 import tna_kernels.nn as tnn
-from common import device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, \
-    write_results
+from common import (
+    device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
+)
+from tna.config import TrainConfig
+from tna.data import batches, load_dataset
+from tna.deploy import deployable, export_run, load_deployed
+from tna.models import Precision, build_model, spiking_layers
+from tna.trainer import Trainer, build_network
 from tna_kernels.ops.ternary.format import dequantize, unpack_ternary
 
 TIMESTEPS = 4
@@ -101,16 +110,9 @@ def state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def neuron_layers(model: nn.Module) -> dict:
-    """``{name: SpikingNeurons}`` of ``model`` in module order (the order of the forward for these models)."""
-    from tna.models import spiking_layers
-
-    return spiking_layers(model)
-
-
 def mean_rate(model: nn.Module) -> float:
     """Spikes per neuron per timestep of the last forward over all layers (layers weighted by neuron count)."""
-    layers = neuron_layers(model).values()
+    layers = spiking_layers(model).values()
     return sum(layer.rate.item() * layer.neurons for layer in layers) / sum(layer.neurons for layer in layers)
 
 
@@ -137,13 +139,13 @@ def compare(ternary: nn.Module, floating: nn.Module, x: Tensor) -> dict:
 
     outputs, rates, means = [], [], []
     for model, make_hook in ((ternary, keep), (floating, check)):
-        handles = [layer.register_forward_hook(make_hook(name)) for name, layer in neuron_layers(model).items()]
+        handles = [layer.register_forward_hook(make_hook(name)) for name, layer in spiking_layers(model).items()]
         try:
             outputs.append(model(x))
         finally:
             for handle in handles:
                 handle.remove()
-        rates.append({name: layer.rate.item() for name, layer in neuron_layers(model).items()})
+        rates.append({name: layer.rate.item() for name, layer in spiking_layers(model).items()})
         means.append(mean_rate(model))
     return dict(max_logit_difference=(outputs[0] - outputs[1]).abs().max().item(),
                 max_logit=outputs[1].abs().max().item(), differing_spikes=counts[0], spikes_compared=counts[1],
@@ -176,11 +178,6 @@ def digits_network(epochs: int, workdir: Path):
     initial weights, deployed by ``deployable`` (what ``export_run`` applies) without training or a file.
     Returns ``(deployed model, test images [N, 1, 8, 8] float32, labels [N] int64)``.
     """
-    from tna.config import TrainConfig
-    from tna.data import batches, load_dataset
-    from tna.deploy import deployable, export_run, load_deployed
-    from tna.trainer import Trainer, build_network
-
     config = TrainConfig(epochs=max(epochs, 1), device="cpu").resolved()
     data = load_dataset(config.dataset)
     if epochs:
@@ -199,9 +196,6 @@ def random_network(arch: str = "vgg11", input_shape: tuple = IMAGE_SHAPE) -> nn.
     """Deployed spiking ``arch`` (of ``python/tna/models``) for images ``input_shape`` ``(C, H, W)``, every weight
     layer ternary, with the TWN codes of the default random initialization and the per-channel scales rounded to
     powers of two, so that the float version's sums are exact."""
-    from tna.deploy import deployable
-    from tna.models import Precision, build_model
-
     model = build_model(arch, NUM_CLASSES, input_shape, TIMESTEPS, Precision("ternary", quantize_first_last=True))
     deployed = deployable(model)
     with torch.no_grad():
@@ -265,7 +259,7 @@ def calibrate(model: nn.Module, x: Tensor, rate: float) -> dict:
     ``[B, C, H, W]`` given the thresholds before it, then run ``model`` on ``x`` once, so that each layer's
     ``rate`` is the one its final threshold gives; returns ``{layer: threshold}``."""
     thresholds = {}
-    for name, layer in neuron_layers(model).items():
+    for name, layer in spiking_layers(model).items():
         thresholds[name] = _threshold_for(layer, _layer_input(model, layer, x), rate)
         layer.v_threshold = thresholds[name]
     model(x)
@@ -273,7 +267,7 @@ def calibrate(model: nn.Module, x: Tensor, rate: float) -> dict:
 
 
 def set_thresholds(model: nn.Module, thresholds: dict) -> None:
-    layers = neuron_layers(model)
+    layers = spiking_layers(model)
     for name, threshold in thresholds.items():
         layers[name].v_threshold = threshold
 
@@ -350,7 +344,7 @@ def bench_vgg(settings: dict, quick: bool, log) -> tuple:
         set_thresholds(floating, thresholds)
         calibrations.append(dict(target_rate=rate, thresholds=thresholds,
                                  calibration_rates={name: layer.rate.item()
-                                                    for name, layer in neuron_layers(ternary).items()}))
+                                                    for name, layer in spiking_layers(ternary).items()}))
         for batch, x in inputs.items():
             agreement = compare(ternary, floating, x)
             check_agreement(f"vgg11 at rate {rate:.0%}, batch {batch}", agreement, exact=True)
@@ -369,15 +363,16 @@ def bench_vgg(settings: dict, quick: bool, log) -> tuple:
 
 
 def speedups(rows: list) -> dict:
-    """``{"ternary_vs_float": {batch: {rate: x}}, "rate_low_vs_high": {batch: x}}`` for vgg11: ternary over
-    float time, and the ternary time at the highest target rate over that at the lowest."""
+    """vgg11's ternary time against float and against spike rate: ``{"ternary_vs_float": {batch: {rate: float
+    ms / ternary ms}}, "time_ratio_high_low": {batch: ternary ms at the highest rate / at the lowest},
+    "low_rate", "high_rate"}`` (batches and rates as strings, as JSON keeps them)."""
     vgg = [r for r in rows if r["model"] == "vgg11" and r["impl"] == TERNARY]
     rates = sorted({r["target_rate"] for r in vgg})
-    result = {"ternary_vs_float": {}, "rate_low_vs_high": {}, "low_rate": rates[0], "high_rate": rates[-1]}
+    result = {"ternary_vs_float": {}, "time_ratio_high_low": {}, "low_rate": rates[0], "high_rate": rates[-1]}
     for batch in sorted({r["batch"] for r in vgg}):
         by_rate = {r["target_rate"]: r for r in vgg if r["batch"] == batch}
         result["ternary_vs_float"][str(batch)] = {str(rate): by_rate[rate]["speedup_vs_float"] for rate in rates}
-        result["rate_low_vs_high"][str(batch)] = by_rate[rates[-1]]["ms"] / by_rate[rates[0]]["ms"]
+        result["time_ratio_high_low"][str(batch)] = by_rate[rates[-1]]["ms"] / by_rate[rates[0]]["ms"]
     return result
 
 
@@ -385,7 +380,7 @@ def goals(found: dict) -> list:
     """The issue's goals with their measured values (None: batch ``GOAL_BATCH`` or a rate not measured)."""
     per_rate = found["ternary_vs_float"].get(str(GOAL_BATCH))
     speedup = min(per_rate.values()) if per_rate else None
-    ratio = found["rate_low_vs_high"].get(str(GOAL_BATCH))
+    ratio = found["time_ratio_high_low"].get(str(GOAL_BATCH))
     if (found["low_rate"], found["high_rate"]) != (0.05, 0.20):
         ratio = None
     result = []
@@ -430,15 +425,14 @@ def plot(path: Path, result: dict) -> str:
 def markdown(result: dict) -> str:
     version_text = ", ".join(f"{name} {version}" for name, version in result["versions"].items())
     digits, vgg = result["models"]["digits"], result["models"]["vgg11"]
+    made = (f"trained {digits['training_epochs']} epochs, written by tna-export and loaded as tna-eval loads it"
+            if digits["training_epochs"] else "untrained (--quick), deployed as tna-export deploys")
     lines = [
         f"Deployed-model inference on {result['device']}, {version_text}, commit {result['commit']}, {result['date']}",
         f"threads: {result['threads']}, malloc: {result['malloc']}; ms per batch (median), whole forward from images "
         "to logits, torch.inference_mode",
         "",
-        f"**digits**: {digits['network']}, "
-        + (f"trained {digits['training_epochs']} epochs, exported by tna-export and loaded as tna-eval does; "
-           if digits["training_epochs"] else "untrained (--quick), deployed as tna-export does; ")
-        + 
+        f"**digits**: {digits['network']}, {made}; "
         f"test accuracy {digits['test_accuracy'][TERNARY]:.2%} (ternary), {digits['test_accuracy'][FLOAT]:.2%} "
         f"(float); state {digits['state_bytes'][TERNARY] / 1024:.1f} KiB (ternary), "
         f"{digits['state_bytes'][FLOAT] / 1024:.1f} KiB (float).",
@@ -470,7 +464,7 @@ def markdown(result: dict) -> str:
         f"batch {batch}: " + ", ".join(f"{float(rate):.0%} {value:.2f}x" for rate, value in per_rate.items())
         for batch, per_rate in found["ternary_vs_float"].items()) + ".",
         f"vgg11, ternary time at {found['high_rate']:.0%} over that at {found['low_rate']:.0%}: "
-        + ", ".join(f"batch {batch} {value:.2f}x" for batch, value in found["rate_low_vs_high"].items()) + ".",
+        + ", ".join(f"batch {batch} {value:.2f}x" for batch, value in found["time_ratio_high_low"].items()) + ".",
         "", "Goals:"]
     for g in result["goals"]:
         status = "not measured" if g["met"] is None else "met" if g["met"] else "NOT met"

@@ -48,7 +48,7 @@ def test_float_version_holds_the_dequantized_weights():
         assert torch.equal(dense.weight, expected)
         assert (layer.bias is None) == (dense.bias is None)
     assert not any(isinstance(m, (tnn.TernaryConv2d, tnn.TernaryLinear)) for m in floating.modules())
-    assert set(bench_deploy.neuron_layers(floating)) == set(bench_deploy.neuron_layers(ternary))
+    assert set(bench_deploy.spiking_layers(floating)) == set(bench_deploy.spiking_layers(ternary))
 
 
 def test_ternary_and_float_versions_agree_at_calibrated_rates():
@@ -59,7 +59,7 @@ def test_ternary_and_float_versions_agree_at_calibrated_rates():
     calibration = bench_deploy.random_images(32, generator, SMALL)
     for rate in (0.05, 0.2):
         thresholds = bench_deploy.calibrate(ternary, calibration, rate)
-        for name, layer in bench_deploy.neuron_layers(ternary).items():
+        for name, layer in bench_deploy.spiking_layers(ternary).items():
             assert layer.v_threshold == thresholds[name]
             assert abs(layer.rate.item() - rate) <= 0.1 * rate
         bench_deploy.set_thresholds(floating, thresholds)
@@ -124,7 +124,7 @@ def test_quick_run_result(quick_run):
     assert digits["state_bytes"][bench_deploy.TERNARY] < digits["state_bytes"][bench_deploy.FLOAT]
     speedups = result["speedups"]
     assert set(speedups["ternary_vs_float"]) == {str(b) for b in settings["batches"]}
-    assert set(speedups["rate_low_vs_high"]) == {str(b) for b in settings["batches"]}
+    assert set(speedups["time_ratio_high_low"]) == {str(b) for b in settings["batches"]}
     assert [g["met"] for g in result["goals"]] == [None, None]
     markdown = out.with_suffix(".md").read_text()
     assert "runs the real-valued ternary kernel" in markdown and "| vgg11 | 20% |" in markdown
@@ -132,8 +132,8 @@ def test_quick_run_result(quick_run):
 
 
 def test_goals_at_batch_64():
-    found = {"ternary_vs_float": {"64": {"0.05": 4.0, "0.1": 3.5, "0.2": 2.5}}, "rate_low_vs_high": {"64": 2.0},
-             "low_rate": 0.05, "high_rate": 0.2}
+    found = {"ternary_vs_float": {"64": {"0.05": 4.0, "0.1": 3.5, "0.2": 2.5}}, "low_rate": 0.05, "high_rate": 0.2,
+             "time_ratio_high_low": {"64": 2.0}}
     speed, rate = bench_deploy.goals(found)
     assert (speed["value"], speed["met"]) == (2.5, False)
     assert (rate["value"], rate["met"]) == (2.0, True)
