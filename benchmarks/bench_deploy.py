@@ -73,6 +73,8 @@ LOGIT_TOLERANCE = 1e-4
 """Largest max|logits_ternary - logits_float| / max|logits_float| accepted."""
 SPIKE_TOLERANCE = 1e-4
 """Largest fraction of differing spikes accepted (digits; vgg11 must match exactly)."""
+OP_SHARE = 0.02
+"""Operators below this share of a profiled forward are summed as "other"."""
 TERNARY, FLOAT = "ternary (deployed)", "float"
 GOAL_BATCH = 64
 SPEEDUP_GOAL = ("vgg11 at batch 64: ternary at least 3x faster than float (worst over the spike rates)", 3.0)
@@ -289,6 +291,20 @@ def time_pair(ternary: nn.Module, floating: nn.Module, x: Tensor, quick: bool) -
     return {name: statistics.median(found) for name, found in times.items()}
 
 
+def op_times(model: nn.Module, x: Tensor) -> dict:
+    """``{operator: ms}`` of one forward of ``model`` on images ``x`` ``[B, C, H, W]`` under ``torch.profiler``
+    (self time), for the operators taking at least ``OP_SHARE`` of the total, the rest summed as "other"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as profiled:
+        model(x)
+    times = sorted(((event.key, event.self_cpu_time_total / 1e3) for event in profiled.key_averages()),
+                   key=lambda item: -item[1])
+    total = sum(ms for _, ms in times)
+    kept = {name: ms for name, ms in times if ms >= OP_SHARE * total}
+    return {**kept, "other": total - sum(kept.values())}
+
+
 def _rows(model_name: str, target, x: Tensor, agreement: dict, ms: dict) -> list:
     """The two rows (ternary, float) of one timing on images ``x`` ``[B, C, H, W]``, with the comparison of
     ``compare`` on the same images."""
@@ -351,6 +367,8 @@ def bench_vgg(settings: dict, quick: bool, log) -> tuple:
             rows += _rows("vgg11", rate, x, agreement, time_pair(ternary, floating, x, quick))
             log(f"vgg11 rate {rate:.0%} batch {batch}: measured {agreement['mean_rate']:.3f}, "
                 f"ternary {rows[-2]['ms']:.1f} ms, float {rows[-1]['ms']:.1f} ms")
+        largest = inputs[max(inputs)]
+        calibrations[-1]["op_ms"] = {TERNARY: op_times(ternary, largest), FLOAT: op_times(floating, largest)}
     cached, spiking = spike_layers_cached(ternary)
     description = dict(
         network="spiking VGG-11 (python/tna/models), every weight layer ternary, random weights with "
@@ -459,6 +477,17 @@ def markdown(result: dict) -> str:
                    and r["target_rate"] == calibration["target_rate"])
         lines.append(f"| {calibration['target_rate']:.0%} | "
                      + " | ".join(f"{row['layer_rates'][name]:.2%}" for name in names) + " |")
+    columns = [(calibration, impl) for calibration in vgg["calibrations"] for impl in (TERNARY, FLOAT)]
+    ops = list(dict.fromkeys(op for calibration, impl in columns for op in calibration["op_ms"][impl]
+                             if op != "other")) + ["other"]
+    lines += ["", f"vgg11, where the time goes at batch {largest}: self time (ms) of each operator in one forward "
+              f"under torch.profiler (operators under {OP_SHARE:.0%} of a forward in other):", "",
+              "| operator | " + " | ".join(f"{impl} {calibration['target_rate']:.0%}" for calibration, impl in columns)
+              + " |", "|---|" + "---:|" * len(columns)]
+    for op in ops:
+        lines.append(f"| {op} | " + " | ".join(
+            f"{calibration['op_ms'][impl][op]:.1f}" if op in calibration["op_ms"][impl] else ""
+            for calibration, impl in columns) + " |")
     found = result["speedups"]
     lines += ["", "vgg11, ternary against float: " + "; ".join(
         f"batch {batch}: " + ", ".join(f"{float(rate):.0%} {value:.2f}x" for rate, value in per_rate.items())

@@ -115,6 +115,10 @@ def test_quick_run_result(quick_run):
         row = next(r for r in rows if r["model"] == "vgg11" and r["target_rate"] == rate and r["batch"] == largest)
         assert 0.5 * rate < row["spike_rate"] < 1.5 * rate
         assert set(row["layer_rates"]) == set(calibration["thresholds"])
+        ops = calibration["op_ms"]
+        assert any("ternary_conv2d" in op for op in ops[bench_deploy.TERNARY])
+        assert not any("ternary" in op for op in ops[bench_deploy.FLOAT])
+        assert all(ms >= 0 for impl in ops.values() for ms in impl.values())
     digits = result["models"]["digits"]
     agreement = digits["agreement_on_test_split"]
     assert agreement["float_layer_rates"] == pytest.approx(agreement["layer_rates"], abs=bench_deploy.SPIKE_TOLERANCE)
