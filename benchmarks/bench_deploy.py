@@ -24,7 +24,9 @@ exact in float32 in both versions (power-of-two scales, inputs on a grid, spikes
 equal and their logits identical; for digits (trained scales, normalized input) the float version rounds its
 sums differently, so logits must agree within ``LOGIT_TOLERANCE`` and at most ``SPIKE_TOLERANCE`` of the
 spikes may differ. A failed check aborts the run. The measured spike rates (spikes per neuron per timestep)
-are part of the result. The goals of the issue are printed as met or not.
+are part of the result. At the largest batch, one more forward of each vgg11 version per rate runs under
+``torch.profiler``, whose self time per operator shows where the time goes. The goals of the issue are printed
+as met or not.
 
     python benchmarks/bench_deploy.py                   # writes benchmarks/results/deploy_<device>.json
     python benchmarks/bench_deploy.py --quick --out /tmp/deploy.json   # smoke run; the plot next to --out
@@ -531,6 +533,7 @@ def main(argv=None):
             log(f"wrote {args.out.parent / plot(args.out, result)}")
         except ImportError:
             log("matplotlib is not installed: no plot")
+
 
 if __name__ == "__main__":
     main()
