@@ -29,7 +29,10 @@ BENCHMARKS = {
     "open_neuromorphic": "Linear(n -> n) + LIF, batch 16 (the Open Neuromorphic benchmark)",
     "ternary": "ternary linear and conv2d against dense F.linear / F.conv2d",
     "train_step": "one TNA training step of spiking ResNet-19",
+    "deploy": "inference of deployed networks (digits, spiking VGG-11 at 5-20% spike rates): ternary against float",
 }
+CPU_ONLY = {"deploy"}
+"""Benchmarks that measure CPU inference only: they do not run for --device cuda."""
 
 
 def main(argv=None) -> int:
@@ -51,7 +54,7 @@ def main(argv=None) -> int:
             if args.device == "cuda":
                 parser.error("--device cuda: CUDA is not available on this machine")
             devices.remove("cuda")
-        runs = [(name, device) for device in devices for name in chosen]
+        runs = [(name, device) for device in devices for name in chosen if device == "cpu" or name not in CPU_ONLY]
         failed = []
         for name, device in tqdm(runs, desc="benchmarks", unit="benchmark", file=sys.stderr):
             tqdm.write(f"== {name} on {device}: {BENCHMARKS[name]}", file=sys.stderr)
