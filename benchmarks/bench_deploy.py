@@ -2,7 +2,7 @@
 
 Each network is deployed the way ``tna-export`` deploys it (``tna.deploy.deployable``: BatchNorm folded into
 full-precision convolutions, ternary layers frozen to packed 2-bit weights; on CPU a frozen layer caches the
-bit-planes its spike kernel reads on its first spike input) and timed against its float version: the same
+layout its spike kernels read on its first spike input) and timed against its float version: the same
 modules, LIF neurons and thresholds, with every ternary layer replaced by a plain ``nn.Conv2d`` / ``nn.Linear``
 holding the dequantized weight (scale x code). Both run under ``torch.inference_mode``; the time is that of
 the whole forward, from the images ``[B, C, H, W]`` to the logits ``[B, classes]``.
@@ -17,7 +17,7 @@ the whole forward, from the images ``[B, C, H, W]`` to the logits ``[B, classes]
   5%, 10% and 20% of its neuron-steps on a calibration batch, timed at batch 1 and 64 on other random images
   whose values lie on a 1/64 grid in [-2, 2) (8-bit images). The first layer takes real-valued input (direct
   encoding) and so runs the real-valued ternary kernel, as does the classifier on the time-averaged spikes;
-  the seven layers between them run the spike kernel with their cached bit-planes.
+  the seven layers between them run the spike kernel with their cached CPU layout.
 
 Before timing, both versions run on the timing input and are compared layer by layer. For vgg11 every sum is
 exact in float32 in both versions (power-of-two scales, inputs on a grid, spikes), so their spikes must be
@@ -169,9 +169,9 @@ def check_agreement(what: str, agreement: dict, exact: bool) -> None:
 
 
 def spike_layers_cached(model: nn.Module) -> tuple:
-    """``(with cached bit-planes, frozen ternary layers taking spikes)`` after a forward on CPU."""
+    """``(with a cached CPU layout, frozen ternary layers taking spikes)`` after a forward on CPU."""
     spiking = [m for m in model.modules() if isinstance(m, (tnn.TernaryConv2d, tnn.TernaryLinear)) and m.spikes]
-    return sum(m._planes is not None for m in spiking), len(spiking)
+    return sum(m._layout is not None for m in spiking), len(spiking)
 
 
 def digits_network(epochs: int, workdir: Path):
@@ -343,7 +343,7 @@ def bench_digits(settings: dict, quick: bool, log) -> tuple:
         network="spiking convnet (tna-train default: digits, TNA, ternary, T = 4), first and last layer full "
                 "precision", input_shape=list(x.shape[1:]), timesteps=TIMESTEPS,
         training_epochs=settings["digits_epochs"], test_samples=len(y), test_accuracy=accuracy,
-        agreement_on_test_split=agreement, bit_planes_cached=dict(layers=cached, of=spiking),
+        agreement_on_test_split=agreement, layout_cached=dict(layers=cached, of=spiking),
         state_bytes={TERNARY: state_bytes(ternary), FLOAT: state_bytes(floating)})
     return rows, description
 
@@ -377,7 +377,7 @@ def bench_vgg(settings: dict, quick: bool, log) -> tuple:
                 "power-of-two scales", input_shape=list(IMAGE_SHAPE), timesteps=TIMESTEPS,
         calibration_batch=settings["calibration_batch"], calibrations=calibrations,
         real_valued_layers=["stem.conv (direct encoding of the image)", "classifier (time-averaged spikes)"],
-        bit_planes_cached=dict(layers=cached, of=spiking),
+        layout_cached=dict(layers=cached, of=spiking),
         state_bytes={TERNARY: state_bytes(ternary), FLOAT: state_bytes(floating)})
     return rows, description
 
@@ -460,8 +460,8 @@ def markdown(result: dict) -> str:
         f"**vgg11**: {vgg['network']}, input {'x'.join(map(str, vgg['input_shape']))}, T = {vgg['timesteps']}; "
         "thresholds calibrated per layer to the target rate. The first layer takes real-valued input (direct "
         "encoding) and so runs the real-valued ternary kernel, as does the classifier (on time-averaged spikes); "
-        f"{vgg['bit_planes_cached']['layers']} of {vgg['bit_planes_cached']['of']} spike-input layers ran with "
-        "their cached bit-planes. The float version's spikes and logits equal the ternary version's exactly.",
+        f"{vgg['layout_cached']['layers']} of {vgg['layout_cached']['of']} spike-input layers ran with "
+        "their cached CPU layout. The float version's spikes and logits equal the ternary version's exactly.",
         "",
         "| model | target rate | measured rate | batch | implementation | ms / batch | samples / s | vs float |",
         "|---|---:|---:|---:|---|---:|---:|---:|",
@@ -510,7 +510,7 @@ def main(argv=None):
         argv = ["--device", "cpu", *argv]
     args = parse_args(__doc__.splitlines()[0], "deploy", argv)
     if args.device != "cpu":
-        raise SystemExit("bench_deploy.py measures CPU inference (the frozen layers' cached CPU bit-planes): "
+        raise SystemExit("bench_deploy.py measures CPU inference (the frozen layers' cached CPU layout): "
                          "use --device cpu")
     malloc = tune_malloc(__file__, args, argv)
     settings = SETTINGS[args.quick]

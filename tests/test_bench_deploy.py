@@ -106,7 +106,7 @@ def test_quick_run_result(quick_run):
             assert compared["float_layer_rates"] == pytest.approx(r["layer_rates"], abs=bench_deploy.SPIKE_TOLERANCE)
     vgg = result["models"]["vgg11"]
     assert [c["target_rate"] for c in vgg["calibrations"]] == settings["rates"]
-    assert vgg["bit_planes_cached"]["layers"] == vgg["bit_planes_cached"]["of"] == 7
+    assert vgg["layout_cached"]["layers"] == vgg["layout_cached"]["of"] == 7
     largest = max(settings["batches"])
     for calibration in vgg["calibrations"]:
         rate = calibration["target_rate"]
