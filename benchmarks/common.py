@@ -52,19 +52,56 @@ def tune_malloc(script: str, args: argparse.Namespace, argv=None) -> str:
     return "glibc, freed memory kept (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_)" if tuned else "system default"
 
 
-def device_name(device: str) -> str:
-    """The GPU's name, or the CPU model with the thread count torch uses."""
-    if device == "cuda":
-        return torch.cuda.get_device_name()
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
     model = platform.processor() or "cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return model
+
+
+def cpu_machine() -> dict:
+    """What a CPU result records about its machine: ``cpu_model``, ``cpu_threads`` (torch's), ``cpu_isa`` (the
+    level the loaded C++ build targets, None without one), ``host_isa`` (the best level the host executes)
+    and ``host_isa_flags`` (the host's vector and bit-manipulation flags from /proc/cpuinfo)."""
+    from tna_kernels import _ext
+
+    known = set().union(*_ext._ISA_FLAGS.values())
+    flags = sorted(f for f in _ext.cpu_flags() if f in known or f.startswith(("avx", "amx", "sse", "fma")))
+    return dict(cpu_model=cpu_model(), cpu_threads=torch.get_num_threads(), cpu_isa=tna_kernels.cpu_isa(),
+                host_isa=tna_kernels.host_cpu_isas()[0], host_isa_flags=flags)
+
+
+def cpu_label(machine: dict) -> str:
+    """A CPU ``machine`` (``cpu_machine()``'s fields) in words: "AMD EPYC (avx2 build, host avx512), 2 threads"."""
+    build = f"{machine['cpu_isa']} build" if machine["cpu_isa"] else "no C++ build"
+    return f"{machine['cpu_model']} ({build}, host {machine['host_isa']}), {machine['cpu_threads']} threads"
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU model with the ISA level of the loaded build, the host's best level and the
+    thread count torch uses (``cpu_label``)."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return cpu_label(cpu_machine())
+
+
+def device_slug(device: str, result: dict) -> str:
+    """The device part of a result's file name: "cpu-amd-epyc-avx2-2-threads" (the model, the build's level,
+    "-on-<host level>" where the host executes a better one, the threads) for a result with ``cpu_machine()``'s
+    fields, else the device kind and ``result["device"]``."""
+    def slug(text: str, length: int) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length].strip("-")
+
+    if "cpu_model" not in result:
+        return slug(device + "-" + result["device"], 60)
+    isa = result["cpu_isa"] or "no-cpp"
+    host = "" if result["host_isa"] == isa else f"-on-{result['host_isa']}"
+    return f"{device}-{slug(result['cpu_model'], 40)}-{isa}{host}-{result['cpu_threads']}-threads"
 
 
 def git_commit() -> str:
@@ -116,10 +153,15 @@ def timing_rounds(device: str, quick: bool) -> int:
 
 
 def write_results(benchmark: str, result: dict, markdown: str, args: argparse.Namespace) -> None:
-    """Write ``result`` as JSON to ``--out`` (default ``results/<benchmark>_<device slug>[_quick].json``)
-    and ``markdown`` next to it (``.md``); print the markdown."""
-    slug = re.sub(r"[^a-z0-9]+", "-", args.device + "-" + result["device"].lower()).strip("-")[:60]
-    out = args.out or RESULTS / f"{benchmark}_{slug}{'_quick' if args.quick else ''}.json"
+    """Write ``result`` as JSON to ``--out`` (default ``results/<benchmark>_<device slug>[_quick].json``, see
+    ``device_slug``) and ``markdown`` next to it (``.md``); print the markdown. A CPU result gets
+    ``cpu_machine()``'s fields after its ``device`` where it lacks them."""
+    if args.device == "cpu":
+        machine = {k: v for k, v in cpu_machine().items() if k not in result}
+        result = {k: v for key, value in result.items()
+                  for k, v in [(key, value), *(machine.items() if key == "device" else [])]}
+        result.update(machine)
+    out = args.out or RESULTS / f"{benchmark}_{device_slug(args.device, result)}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown)

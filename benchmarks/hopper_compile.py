@@ -387,11 +387,11 @@ def main(argv=None) -> int:
                              "--largest-config or --only: those stay out of the README)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import device_name, git_commit, utc_now, versions
+    from common import cpu_model, git_commit, utc_now, versions
 
     rows, merged = run(args.largest_config, args.workers, args.only)
     result = dict(benchmark="hopper_compile", target=f"{TARGET.backend} sm_{TARGET.arch}",
-                  device=f"compiled on {device_name('cpu')}", versions=versions(), commit=git_commit(),
+                  device=f"compiled on {cpu_model()} ({torch.get_num_threads()} threads)", versions=versions(), commit=git_commit(),
                   date=utc_now(), cases=[case for case in LAUNCHES if args.only in case], rows=rows, merged=merged)
     partial = args.largest_config or args.only
     out = args.out or RESULTS / f"hopper_compile_sm90{'_quick' if partial else ''}.json"

@@ -6,6 +6,10 @@ memory against n; deployed inference: samples/s against spike rate) and rewrites
 between ``BEGIN`` and ``END`` with compact tables and links to the plots and full tables. Nothing in that
 part is typed by hand.
 
+Results of one benchmark on one kind of device share a section: a summary that states each headline
+figure as its range over the committed machines, then one subsection per machine (a CPU is named by its
+model, the ISA level of the C++ build that ran and the host's best level), best ISA level first.
+
     python -m benchmarks --readme-only      # what this module does, without running a benchmark
 """
 import json
@@ -143,7 +147,7 @@ def _images(names) -> list:
 
 
 def _lif_section(path: Path, result) -> list:
-    lines = [f"#### LIF neuron ({result['device_kind'].upper()})", ""] + _header(path, result)
+    lines = _header(path, result)
     lines += ["Time in ms (median), the fastest entry in bold; \"other equations\" marks a peer that cannot be set "
               "to ours (see the notes below the table).", ""]
     rows = [dict(r, impl=r["impl"] if r["same_equations"] else r["impl"] + " (other equations)")
@@ -188,9 +192,7 @@ def _lif_summary(rows, ours: str) -> str:
 
 
 def _open_neuromorphic_section(path: Path, result) -> list:
-    settings = result["settings"]
-    lines = [f"#### Open Neuromorphic benchmark ({result['device_kind'].upper()}): Linear(n -> n) + LIF, "
-             f"batch {settings['batch']}, T = {settings['timesteps']}", ""] + _header(path, result)
+    lines = _header(path, result)
     rows = [dict(r, impl=r["impl"] if r["same_equations"] else r["impl"] + " (other equations)")
             for r in result["rows"]]
     for title, value, fmt in (("Forward+backward time (ms)", "total_ms", "{:.1f}"),
@@ -202,18 +204,13 @@ def _open_neuromorphic_section(path: Path, result) -> list:
     return lines + _images(_plot_open_neuromorphic(path, result))
 
 
-def _table_section(title: str):
-    def section(path: Path, result) -> list:
-        lines = [f"#### {title} ({result['device_kind'].upper() if 'device_kind' in result else _kind(path)})", ""]
-        lines += _header(path, result)
-        return lines + path.with_suffix(".md").read_text().strip().splitlines()[1:] + [""]
-
-    return section
+def _table_section(path: Path, result) -> list:
+    return _header(path, result) + path.with_suffix(".md").read_text().strip().splitlines()[1:] + [""]
 
 
 def _ternary_section(path: Path, result) -> list:
     """The ternary table, then the plot of the frozen layers' time against the spike rate (CPU runs)."""
-    lines = _table_section("Ternary linear and conv2d")(path, result)
+    lines = _table_section(path, result)
     return lines + _images(_plot_ternary_rates(path, result) if result.get("sweep") else [])
 
 
@@ -279,33 +276,157 @@ def _hopper_compile_section(path: Path, result) -> list:
 def _deploy_section(path: Path, result) -> list:
     from bench_deploy import plot
 
-    section = _table_section("Inference of deployed networks, ternary against float weights")
-    return section(path, result) + _images([plot(path, result)])
+    return _table_section(path, result) + _images([plot(path, result)])
 
 
-def _kind(path: Path) -> str:
-    return "GPU" if "_cuda" in path.stem else "CPU"
+def _kind(path: Path, result) -> str:
+    """"cpu" or "cuda": the result's ``device_kind``, else read from its file name."""
+    return result.get("device_kind") or ("cuda" if "_cuda" in path.stem else "cpu")
+
+
+def _span(values, fmt: str = "{}") -> str:
+    """The range of ``values`` formatted with ``fmt``: "1.2-3.4", or one figure where they all format alike."""
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low}-{high}"
+
+
+def _machines(members, kind: str) -> str:
+    """ "On the 2 committed CPUs" / "On the one committed GPU" for ``members`` of the device ``kind``."""
+    noun = "CPU" if kind == "cpu" else "GPU"
+    return f"On the {len(members)} committed {noun}s" if len(members) > 1 else f"On the one committed {noun}"
+
+
+def _lif_across(members, kind: str) -> list:
+    """Fastest-shape counts per mode and our speed-up at the first float32 forward+backward shape, as ranges."""
+    from bench_lif import COMPILED, EAGER, ours_fastest, ours_name
+
+    ours = ours_name(kind)
+    counts = []
+    for mode in ("forward+backward", "forward"):
+        tallies = [ours_fastest(result["rows"], ours, mode) for _, result in members]
+        tallies = [tally for tally in tallies if tally[1]]
+        if tallies:
+            counts.append(f"{mode} at {_span([won for won, _ in tallies])} of {_span([n for _, n in tallies])} shapes")
+    text = f"{_machines(members, kind)}, {ours} (without the count) is faster than every other entry in " + \
+        ", and in ".join(counts)
+    first = members[0][1]["rows"][0]["shape"]
+    ms, ratios = [], {EAGER: [], COMPILED: []}
+    for _, result in members:
+        group = {r["impl"]: r["ms"] for r in result["rows"]
+                 if r["shape"] == first and r["dtype"] == "float32" and r["mode"] == "forward+backward"}
+        if ours in group:
+            ms.append(group[ours])
+            for name in ratios:
+                if name in group:
+                    ratios[name].append(group[name] / group[ours])
+    if ms:
+        text += (f"; at {_shape(dict(shape=first))} float32 forward+backward it takes {_span(ms, '{:.3f}')} ms"
+                 + "".join(f", {_span(values, '{:.1f}')}x faster than the {name}"
+                           for name, values in ratios.items() if values))
+    return [text + ".", ""]
+
+
+def _open_neuromorphic_across(members, kind: str) -> list:
+    """Our forward+backward time and peak memory against the eager reference's, as ranges over n and machines."""
+    from bench_lif import EAGER, ours_name
+
+    ours = ours_name(kind)
+    speed, memory, sizes = [], [], []
+    for _, result in members:
+        by = {(r["impl"], r["n"]): r for r in result["rows"]}
+        for (name, n), r in by.items():
+            if name == ours and (EAGER, n) in by:
+                speed.append(by[EAGER, n]["total_ms"] / r["total_ms"])
+                memory.append(r["peak_MiB"] / by[EAGER, n]["peak_MiB"])
+                sizes.append(n)
+    if not speed:
+        return []
+    return [f"{_machines(members, kind)}, over n = {_span(sizes)}: {ours} runs forward+backward "
+            f"{_span(speed, '{:.2f}')}x faster than the {EAGER}, at {_span(memory, '{:.2f}')}x its peak memory.", ""]
+
+
+def _goals_across(members, kind: str) -> list:
+    """Each goal's measured value as a range, and on how many machines it is met."""
+    goals = {}
+    for _, result in members:
+        for goal in result.get("goals", []):
+            goals.setdefault(goal["goal"], []).append(goal)
+    if not goals:
+        return []
+    lines = [f"{_machines(members, kind)}, the goals:"]
+    for name, entries in goals.items():
+        measured = [g for g in entries if g["value"] is not None]
+        if not measured:
+            lines.append(f"- {name}: not measured")
+            continue
+        lines.append(f"- {name}: {_span([g['value'] for g in measured], '{:.2f}')}x (target {entries[0]['target']:g}x), "
+                     f"met on {sum(bool(g['met']) for g in measured)} of {len(measured)}")
+    return lines + [""]
+
+
+def _train_step_across(members, kind: str) -> list:
+    """Speed-up and peak-memory ratio against the reference, as ranges."""
+    found = [result for _, result in members if "speedup" in result]
+    if not found:
+        return []
+    speedup = _span([r["speedup"] for r in found], "{:.2f}")
+    memory = _span([r["memory_ratio"] for r in found], "{:.2f}")
+    return [f"{_machines(members, kind)}: a TNA step with our kernels is {speedup}x faster than with the reference "
+            f"loops, at {memory}x their peak memory.", ""]
+
+
+def _open_neuromorphic_title(result) -> str:
+    settings = result["settings"]
+    return (f"Open Neuromorphic benchmark ({{kind}}): Linear(n -> n) + LIF, batch {settings['batch']}, "
+            f"T = {settings['timesteps']}")
 
 
 SECTIONS = {
-    "lif": _lif_section,
-    "open_neuromorphic": _open_neuromorphic_section,
-    "ternary": _ternary_section,
-    "train_step": _table_section("TNA training step of spiking ResNet-19"),
-    "deploy": _deploy_section,
-    "hopper_compile": _hopper_compile_section,
+    "lif": (lambda result: "LIF neuron ({kind})", _lif_across, _lif_section),
+    "open_neuromorphic": (_open_neuromorphic_title, _open_neuromorphic_across, _open_neuromorphic_section),
+    "ternary": (lambda result: "Ternary linear and conv2d ({kind})", _goals_across, _ternary_section),
+    "train_step": (lambda result: "TNA training step of spiking ResNet-19 ({kind})", _train_step_across,
+                   _table_section),
+    "deploy": (lambda result: "Inference of deployed networks, ternary against float weights ({kind})",
+               _goals_across, _deploy_section),
 }
+"""benchmark -> (title of its section from the first result, "{kind}" standing for CPU / GPU; the summary
+over the machines; one machine's subsection)."""
+
+ISA_ORDER = ("avx512", "avx2", "portable")
+
+
+def _sections(found) -> list:
+    """(benchmark, device kind, [(path, result), ...]) in ``ORDER``, CPUs by the ISA level of their build
+    (best first; results without one last), then by file name."""
+    grouped = {}
+    for path, result in found:
+        grouped.setdefault((result["benchmark"], _kind(path, result)), []).append((path, result))
+
+    def machine_order(item):
+        isa = item[1].get("cpu_isa")
+        return (ISA_ORDER.index(isa) if isa in ISA_ORDER else len(ISA_ORDER), item[0].name)
+
+    return [(benchmark, kind, sorted(members, key=machine_order)) for (benchmark, kind), members in grouped.items()]
 
 
 def performance_section() -> str:
     """The generated markdown (plots drawn on the way)."""
     lines = [BEGIN, ""]
     found = results()
-    if not any(result["benchmark"] == "lif" and "_cuda" in path.stem for path, result in found):
+    if not any(result["benchmark"] == "lif" and _kind(path, result) == "cuda" for path, result in found):
         lines += ["No GPU results are committed yet: the GPU runs of every benchmark are still to be made "
                   "(`benchmarks/gpu_check.sh`).", ""]
-    for path, result in found:
-        lines += SECTIONS[result["benchmark"]](path, result)
+    for benchmark, kind, members in _sections(found):
+        if benchmark == "hopper_compile":
+            for path, result in members:
+                lines += _hopper_compile_section(path, result)
+            continue
+        title, across, section = SECTIONS[benchmark]
+        lines += [f"#### {title(members[0][1]).format(kind=kind.replace('cuda', 'gpu').upper())}", ""]
+        lines += across(members, kind)
+        for path, result in members:
+            lines += [f"##### {result['device']}", ""] + section(path, result)
     return "\n".join(lines + [END])
 
 

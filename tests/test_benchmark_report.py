@@ -1,4 +1,6 @@
-"""The README's generated performance section and the benchmark plots, from small made-up results."""
+"""The README's generated performance section and the benchmark plots, from small made-up results; the names
+of result files per machine."""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -7,16 +9,18 @@ import pytest
 
 pytest.importorskip("matplotlib")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import common  # noqa: E402
 import report  # noqa: E402
 
 HEADER = dict(device="Test CPU (2 threads)", device_kind="cpu", versions={"torch": "9.9"}, commit="abc1234",
               date="2026-01-01T00:00:00+00:00")
 
 
-def _lif_rows():
+def _lif_rows(ours=2.0, slow_shape=None):
+    """Rows of a LIF result; our kernel takes ``ours`` ms at the first shape, and 9 ms at ``slow_shape``."""
     rows = []
-    times = {"reference (eager)": 10.0, "tna C++": 2.0, "Peer": 4.0}
     for shape in ([16, 32, 4096], [4, 32, 4096], [16, 32, 1024]):
+        times = {"reference (eager)": 10.0, "tna C++": 9.0 if shape == slow_shape else ours, "Peer": 4.0}
         for name, ms in times.items():
             scale = shape[0] * shape[2] / (16 * 4096)
             rows.append(dict(impl=name, shape=shape, dtype="float32", mode="forward+backward", ms=ms * scale,
@@ -98,3 +102,67 @@ def test_render_refuses_a_readme_without_markers(results, tmp_path):
     readme.write_text("# Title\n")
     with pytest.raises(SystemExit, match="no generated performance section"):
         report.render(readme)
+
+
+def _machine(isa: str, host: str) -> dict:
+    return dict(device=f"AMD EPYC ({isa} build, host {host}), 2 threads", cpu_model="AMD EPYC", cpu_threads=2,
+                cpu_isa=isa, host_isa=host, host_isa_flags=["avx2"])
+
+
+def test_one_section_per_benchmark_shows_every_cpu_and_the_ranges(results, tmp_path):
+    for isa, ours, slow, speedup, goal in (("avx2", 2.5, [4, 32, 4096], 4.25, 4.5), ("avx512", 2.0, None, 6.5, 6.93)):
+        name = f"cpu-amd-epyc-{isa}-2-threads"
+        _write(results, f"lif_{name}", dict(HEADER, **_machine(isa, isa), benchmark="lif",
+                                            rows=_lif_rows(ours, slow)))
+        _write(results, f"train_step_{name}", dict(HEADER, **_machine(isa, isa), benchmark="train_step",
+                                                   speedup=speedup, memory_ratio=0.4), "title\n| step |\n")
+        goals = [dict(goal="spikes at M=256 at least 5x faster", target=5.0, value=goal, met=goal >= 5)]
+        _write(results, f"ternary_{name}", dict(HEADER, **_machine(isa, isa), benchmark="ternary", goals=goals))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.BEGIN}\n{report.END}\n")
+    report.render(readme)
+    generated = readme.read_text()
+    assert generated.count("#### LIF neuron (CPU)") == generated.count("#### Ternary linear and conv2d (CPU)") == 1
+    lif = generated.split("#### LIF neuron (CPU)")[1].split("\n#### ")[0]
+    machines = [line for line in lif.splitlines() if line.startswith("##### ")]
+    assert machines == ["##### AMD EPYC (avx512 build, host avx512), 2 threads",
+                        "##### AMD EPYC (avx2 build, host avx2), 2 threads", "##### Test CPU (2 threads)"]
+    assert ("On the 3 committed CPUs, tna C++ (without the count) is faster than every other entry in forward+backward "
+            "at 2-3 of 3 shapes; at 16x32x4096 float32 forward+backward it takes 2.000-2.500 ms, 4.0-5.0x faster than "
+            "the reference (eager).") in lif
+    assert "(benchmarks/results/lif_cpu-amd-epyc-avx2-2-threads_T.png)" in lif
+    assert ("On the 2 committed CPUs: a TNA step with our kernels is 4.25-6.50x faster than with the reference loops, "
+            "at 0.40x their peak memory.") in generated
+    assert "- spikes at M=256 at least 5x faster: 4.50-6.93x (target 5x), met on 1 of 2" in generated
+
+
+def test_cpu_results_are_named_by_model_isa_and_threads(tmp_path, monkeypatch):
+    machine = dict(cpu_model="AMD EPYC 9654 96-Core Processor", cpu_threads=2, cpu_isa="avx2", host_isa="avx512",
+                   host_isa_flags=["avx2", "avx512f"])
+    monkeypatch.setattr(common, "cpu_machine", lambda: dict(machine))
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert common.device_name("cpu") == "AMD EPYC 9654 96-Core Processor (avx2 build, host avx512), 2 threads"
+    args = argparse.Namespace(device="cpu", quick=False, out=None)
+    common.write_results("lif", dict(benchmark="lif", device=common.device_name("cpu"), rows=[]), "table\n", args)
+    written = tmp_path / "lif_cpu-amd-epyc-9654-96-core-processor-avx2-on-avx512-2-threads.json"
+    written = json.loads(written.read_text())
+    assert list(written) == ["benchmark", "device", *machine, "rows"]
+    assert written["host_isa_flags"] == ["avx2", "avx512f"] and written["cpu_isa"] == "avx2"
+    assert common.device_slug("cpu", dict(machine, cpu_isa="avx512")) == \
+        "cpu-amd-epyc-9654-96-core-processor-avx512-2-threads"
+    assert common.device_slug("cpu", dict(machine, cpu_isa=None)) == \
+        "cpu-amd-epyc-9654-96-core-processor-no-cpp-on-avx512-2-threads"
+    assert common.cpu_label(dict(machine, cpu_isa=None)) == \
+        "AMD EPYC 9654 96-Core Processor (no C++ build, host avx512), 2 threads"
+    assert common.device_slug("cuda", dict(device="NVIDIA H200")) == "cuda-nvidia-h200"
+
+
+def test_committed_cpu_results_name_their_machine():
+    """Every committed CPU result records its machine's ISA fields and is named by them."""
+    cpu = [(path, result) for path, result in report.results()
+           if result["benchmark"] != "hopper_compile" and report._kind(path, result) == "cpu"]
+    assert cpu
+    for path, result in cpu:
+        assert result["cpu_isa"] in report.ISA_ORDER and result["host_isa"] in report.ISA_ORDER, path.name
+        assert path.stem == f"{result['benchmark']}_{common.device_slug('cpu', result)}"
+        assert result["device"] == common.cpu_label(result)

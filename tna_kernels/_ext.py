@@ -1,21 +1,118 @@
 """Build and load the C++ CPU kernels (``csrc/*.cpp``) with ``torch.utils.cpp_extension``.
 
-The extension is compiled just in time on first use (one to two minutes, needs a C++ compiler and
-ninja) and registers the ops ``torch.ops.tna_cpp.*``. The build is cached by torch under
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions/<python>_<torch>/tna_kernels_cpp``)
-and reused by later processes as long as the source and flags are unchanged; delete that folder to
-force a rebuild. Set ``TORCH_EXTENSIONS_DIR`` to put the cache elsewhere. Importing this module
-never compiles anything.
+The extension is compiled just in time on first use (one to three minutes, needs a C++ compiler and
+ninja) and registers the ops ``torch.ops.tna_cpp.*``. Importing this module never compiles anything.
+
+Instruction-set levels. By default the kernels are built for the host (``-march=native``) under the
+name ``tna_kernels_cpp``. ``TNA_CPU_ISA`` selects a lower level instead, each built and cached under
+its own name, so the builds never overwrite one another:
+
+- ``avx512``: ``-march=x86-64-v4`` plus VPOPCNTDQ, VNNI and BITALG (``tna_kernels_cpp_avx512``)
+- ``avx2``: ``-march=x86-64-v3``, i.e. AVX2, FMA, BMI1/2 (``tna_kernels_cpp_avx2``)
+- ``portable``: ``-march=x86-64`` with the MMX / SSE / SSE2 macros undefined on x86, no ``-march``
+  elsewhere: the sources see no SIMD extension and take their plain C++ paths, on x86 as on aarch64
+  (``tna_kernels_cpp_portable``)
+
+Every build keeps ``-mtune=native`` on x86. A level the host cannot execute (``host_cpu_isas()``, read
+from ``/proc/cpuinfo``) or an unknown value is refused with a ValueError. ``cpu_isa()`` reports the level
+the loaded build was compiled for (the op ``tna_cpp::build_isa``, from the compiler's target macros).
+A process loads one build only: they register the same ops.
+
+The builds are cached by torch under ``$TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions/<python>_<torch>/<name>``) and reused by later processes as long as the
+sources and flags are unchanged; delete a folder to force its rebuild.
 """
 import functools
+import os
+import platform
 import warnings
 from pathlib import Path
+from typing import Optional
 
 # -ffp-contract=off: no fused multiply-add, so float32 results equal the PyTorch reference bit for bit.
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
+_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+
+_SOURCES = ("lif.cpp", "ternary.cpp", "isa.cpp")
+
+ISA_LEVELS = ("avx512", "avx2", "portable")
+"""The levels ``TNA_CPU_ISA`` accepts, best first."""
+
+_X86_V3_FLAGS = frozenset({
+    "cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3",
+    "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave",
+})
+_ISA_FLAGS = {
+    "avx512": _X86_V3_FLAGS | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx512_vpopcntdq",
+                               "avx512_vnni", "avx512_bitalg"},
+    "avx2": _X86_V3_FLAGS,
+    "portable": frozenset(),
+}
+"""The /proc/cpuinfo flags a machine needs to execute each level's build (csrc/isa.cpp tests the same sets)."""
+
+_ISA_CFLAGS = {
+    "avx512": ["-march=x86-64-v4", "-mavx512vpopcntdq", "-mavx512vnni", "-mavx512bitalg"],
+    "avx2": ["-march=x86-64-v3"],
+    "portable": ["-march=x86-64", "-U__MMX__", "-U__SSE__", "-U__SSE2__"],
+}
+
+_NAME = "tna_kernels_cpp"
+_failed = False  # a build failed earlier in this process
+_loaded: Optional[str] = None  # the name of the build loaded in this process
 
 
-_SOURCES = ("lif.cpp", "ternary.cpp")
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def cpu_flags() -> frozenset:
+    """The feature flags of the first processor in ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def host_cpu_isas() -> tuple:
+    """The levels of ``ISA_LEVELS`` this machine can execute, best first; only "portable" off x86."""
+    if not _is_x86():
+        return ("portable",)
+    flags = cpu_flags()
+    return tuple(level for level in ISA_LEVELS if _ISA_FLAGS[level] <= flags)
+
+
+def requested_isa() -> Optional[str]:
+    """The level ``TNA_CPU_ISA`` asks for, or None (unset or empty: the host build, ``-march=native``).
+
+    Raises ValueError for an unknown value or a level this machine cannot execute.
+    """
+    level = os.environ.get("TNA_CPU_ISA", "").strip().lower()
+    if not level:
+        return None
+    if level not in ISA_LEVELS:
+        raise ValueError(f"TNA_CPU_ISA must be one of {', '.join(ISA_LEVELS)} (or unset for the host build, "
+                         f"-march=native), got {os.environ['TNA_CPU_ISA']!r}")
+    executable = host_cpu_isas()
+    if level not in executable:
+        lacks = (f"its CPU lacks {', '.join(sorted(_ISA_FLAGS[level] - cpu_flags()))}" if _is_x86()
+                 else f"it is {platform.machine()}, not x86-64")
+        raise ValueError(f"TNA_CPU_ISA={level}: this machine cannot execute that build ({lacks}); "
+                         f"it can execute {', '.join(executable)}")
+    return level
+
+
+def _build_config() -> tuple:
+    """(extension name, compiler flags) of the build ``TNA_CPU_ISA`` selects."""
+    level = requested_isa()
+    if level is None:
+        return _NAME, _CFLAGS + ["-march=native"]
+    if not _is_x86():
+        return f"{_NAME}_{level}", list(_CFLAGS)
+    return f"{_NAME}_{level}", _CFLAGS + _ISA_CFLAGS[level] + ["-mtune=native"]
 
 
 def _sources() -> list:
@@ -25,24 +122,24 @@ def _sources() -> list:
     return [str(folder / name) for name in _SOURCES]
 
 
-_NAME = "tna_kernels_cpp"
-_failed = False  # a build failed earlier in this process
-
-
 def _load(verbose: bool) -> None:
-    global _failed
+    global _failed, _loaded
     from torch.utils import cpp_extension
 
+    name, cflags = _build_config()
+    if _loaded is not None and _loaded != name:
+        raise RuntimeError(f"the C++ build {_loaded} is already loaded in this process; {name} (TNA_CPU_ISA="
+                           f"{os.environ.get('TNA_CPU_ISA', '')!r}) registers the same ops and needs a new process")
     versioner = getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None)
     if _failed and versioner is not None:
         # torch skips rebuilding unchanged sources within a process, even after a failed build;
         # forget that attempt so this call compiles again (and shows the compiler output).
-        versioner.entries.pop(_NAME, None)
+        versioner.entries.pop(name, None)
     try:
         cpp_extension.load(
-            name=_NAME,
+            name=name,
             sources=_sources(),
-            extra_cflags=_CFLAGS,
+            extra_cflags=cflags,
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=verbose,
@@ -51,11 +148,13 @@ def _load(verbose: bool) -> None:
         _failed = True
         raise
     _failed = False
+    _loaded = name
 
 
 def build_extensions(verbose: bool = True) -> None:
-    """Compile (or load from the cache) the C++ kernels now; raise RuntimeError with the compiler
-    output if the build fails."""
+    """Compile (or load from the cache) the C++ kernels now, for the level ``TNA_CPU_ISA`` selects;
+    raise RuntimeError with the compiler output if the build fails, ValueError for a bad ``TNA_CPU_ISA``."""
+    requested_isa()
     try:
         _load(verbose)
     except Exception as e:  # compiler errors, missing ninja or compiler, ...
@@ -67,9 +166,10 @@ def build_extensions(verbose: bool = True) -> None:
 def cpp_extension_available() -> bool:
     """True when the C++ kernels are built and loaded (building them on the first call).
 
-    Never raises: on failure it warns once and returns False, and the package falls back to the
-    PyTorch reference implementation.
+    A failed build never raises: it warns once and returns False, and the package falls back to the
+    PyTorch reference implementation. A bad ``TNA_CPU_ISA`` raises ValueError (see ``requested_isa``).
     """
+    requested_isa()
     try:
         _load(verbose=False)
         return True
@@ -83,3 +183,13 @@ def cpp_extension_available() -> bool:
             stacklevel=2,
         )
         return False
+
+
+def cpu_isa() -> Optional[str]:
+    """The level the loaded C++ build was compiled for: "avx512", "avx2" or "portable" (building or loading
+    it on the first call); None when the extension cannot be built and the ops run the reference."""
+    if not cpp_extension_available():
+        return None
+    import torch
+
+    return torch.ops.tna_cpp.build_isa()
