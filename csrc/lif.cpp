@@ -144,6 +144,15 @@ inline A pick(bits_t<A> m, A a, A b) {
   return bit_as<A>((bit_as<bits_t<A>>(a) & m) | (bit_as<bits_t<A>>(b) & ~m));
 }
 
+// All ones when u >= 0 (a spike), else (NaN too) all zeros. Written as a mask rather than `u >= 0 ? 1 : 0`:
+// without AVX-512's masked arithmetic, and with -ftrapping-math (the default), gcc turns the select into
+// a branch, moves the reset's arithmetic into its arms, then cannot if-convert the loop back (the
+// arithmetic might trap), and leaves the whole forward scalar, with a mispredicted branch per spike.
+template <typename A>
+inline bits_t<A> fire_mask(A u) {
+  return bits_t<A>(0) - static_cast<bits_t<A>>(u >= A(0));
+}
+
 // ----------------------------------------------------------------------------------------------
 // Surrogate derivatives, in the operation order of surrogate.py (torch evaluates `c / t` as
 // `t.reciprocal() * c` and `t ** 2` as `t * t`). NaN behaviour: comparisons with NaN are false.
@@ -355,14 +364,18 @@ inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict 
         h = (vv - (vv - vr) / tl[i]) + xt;
       }
       const A ut = h - th[i];
-      const bool fire = ut >= A(0);
-      const A s = fire ? A(1) : A(0);
+      // the spike as a bit mask, never as a branch: see fire_mask
+      const bits_t<A> fire = fire_mask(ut);
+      const A s = bit_as<A>(fire & bit_as<bits_t<A>>(A(1)));
       if constexpr (SOFT) {
         v[i] = h - th[i] * s;
       } else {
         v[i] = h * (A(1) - s) + vr * s;
       }
-      if constexpr (SPIKES) s_line[j] = fire ? Storage<S>::kOne : R(0);
+      if constexpr (SPIKES) {
+        using RBits = std::conditional_t<sizeof(R) == 2, uint16_t, bits_t<R>>;
+        s_line[j] = bit_as<R>(static_cast<RBits>(bit_as<RBits>(Storage<S>::kOne) & fire));
+      }
       if constexpr (SAVE) u_line[j] = Storage<S>::store(ut + A(0));  // + 0 turns -0 into +0
     };
     BitsLine fired = {};
