@@ -28,7 +28,7 @@
 #include <vector>
 
 #if defined(__SSE2__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace {
@@ -36,6 +36,16 @@ namespace {
 // Neurons per task at most: long rows per time step keep the memory streams efficient, and the
 // local state arrays (up to 7 per chunk in the backward) stay in L2.
 constexpr int64_t kMaxChunk = 4096;
+
+// Bytes in the widest vector register of the compile target. GCC vector types no wider than this stay
+// in registers; a wider one is split, and some of its operations (comparisons) become scalar code.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
 
 template <typename To, typename From>
 inline To bit_as(From v) {
@@ -142,6 +152,15 @@ inline bits_t<A> mask_of(bool flag) {
 template <typename A>
 inline A pick(bits_t<A> m, A a, A b) {
   return bit_as<A>((bit_as<bits_t<A>>(a) & m) | (bit_as<bits_t<A>>(b) & ~m));
+}
+
+// All ones when u >= 0 (a spike), else (NaN too) all zeros. Written as a mask rather than `u >= 0 ? 1 : 0`:
+// without AVX-512's masked arithmetic, and with -ftrapping-math (the default), gcc turns the select into
+// a branch, moves the reset's arithmetic into its arms, then cannot if-convert the loop back (the
+// arithmetic might trap), and leaves the whole forward scalar, with a mispredicted branch per spike.
+template <typename A>
+inline bits_t<A> fire_mask(A u) {
+  return bits_t<A>(0) - static_cast<bits_t<A>>(u >= A(0));
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -279,9 +298,18 @@ __attribute__((always_inline)) inline void write_line(R* __restrict dst, const R
   constexpr int64_t kLine = 64 / sizeof(R);
 #if defined(__SSE2__)
   if (stream && n == kLine) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), _mm512_load_si512(line));
+#elif defined(__AVX__)
+    for (int k = 0; k < 2; ++k) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst) + k,
+                          _mm256_load_si256(reinterpret_cast<const __m256i*>(line) + k));
+    }
+#else
     for (int k = 0; k < 4; ++k) {
       _mm_stream_si128(reinterpret_cast<__m128i*>(dst) + k, _mm_load_si128(reinterpret_cast<const __m128i*>(line) + k));
     }
+#endif
     return;
   }
 #endif
@@ -314,9 +342,9 @@ __attribute__((always_inline)) inline void prefetch_at(const R* p, int64_t i) {
 // v holds the membrane (v_init on entry, v_T on exit), tl / th the chunk's tau / v_threshold.
 // SPIKES: write the spikes (the backward's recompute only needs u). stream: write spikes and u with
 // non-temporal stores. Returns the number of spikes when COUNT (SPIKES too), else 0: each line of spikes,
-// read back from its line buffer, adds its nonzero elements to per-lane counters held in a vector
-// register (a GCC vector variable; an array of counters would go through memory on every line), which
-// are summed after every row. Exact: a lane gets at most kMaxChunk / kLine <= 512 per row.
+// read back from its line buffer, adds its nonzero elements to per-lane counters held in vector
+// registers (GCC vector variables of the target's width, kParts to a line; a scalar array of counters
+// would go through memory on every line), which are summed after every row. Exact: a lane gets at most kMaxChunk / kLine <= 512 per row.
 template <typename S, bool DECAY, bool SOFT, bool SPIKES, bool SAVE, bool COUNT>
 inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u,
                              int64_t N, int64_t u_stride, int64_t T, int64_t len, acc_t<S>* __restrict v,
@@ -326,8 +354,9 @@ inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict 
   using R = raw_t<S>;
   // integers as wide as R: a line of raw spikes, and the counters (negative: a true comparison is -1)
   using Bits = std::conditional_t<sizeof(R) == 2, int16_t, std::conditional_t<sizeof(R) == 4, int32_t, int64_t>>;
-  typedef Bits BitsLine __attribute__((vector_size(64)));
+  typedef Bits BitsVec __attribute__((vector_size(kVecBytes)));
   constexpr int64_t kLine = 64 / sizeof(R);
+  constexpr int kParts = 64 / kVecBytes;  // vectors in a line
   int64_t count = 0;
   alignas(64) R s_line[kLine];
   alignas(64) R u_line[kLine];
@@ -355,23 +384,29 @@ inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict 
         h = (vv - (vv - vr) / tl[i]) + xt;
       }
       const A ut = h - th[i];
-      const bool fire = ut >= A(0);
-      const A s = fire ? A(1) : A(0);
+      // the spike as a bit mask, never as a branch: see fire_mask
+      const bits_t<A> fire = fire_mask(ut);
+      const A s = bit_as<A>(fire & bit_as<bits_t<A>>(A(1)));
       if constexpr (SOFT) {
         v[i] = h - th[i] * s;
       } else {
         v[i] = h * (A(1) - s) + vr * s;
       }
-      if constexpr (SPIKES) s_line[j] = fire ? Storage<S>::kOne : R(0);
+      if constexpr (SPIKES) {
+        using RBits = std::conditional_t<sizeof(R) == 2, uint16_t, bits_t<R>>;
+        s_line[j] = bit_as<R>(static_cast<RBits>(bit_as<RBits>(Storage<S>::kOne) & fire));
+      }
       if constexpr (SAVE) u_line[j] = Storage<S>::store(ut + A(0));  // + 0 turns -0 into +0
     };
-    BitsLine fired = {};
+    BitsVec fired[kParts] = {};
     sweep_lines<R>(len, ahead, body, [&](int64_t i0, int64_t n) __attribute__((always_inline)) {
       if constexpr (COUNT) {
         if (n == kLine) {
-          BitsLine bits;
-          std::memcpy(&bits, s_line, 64);
-          fired += bits != 0;
+          for (int k = 0; k < kParts; ++k) {
+            BitsVec bits;
+            std::memcpy(&bits, reinterpret_cast<const char*>(s_line) + k * kVecBytes, kVecBytes);
+            fired[k] += bits != 0;
+          }
         } else {
           for (int64_t j = 0; j < n; ++j) count += s_line[j] != R(0);
         }
@@ -380,7 +415,9 @@ inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict 
       if constexpr (SAVE) write_line(ur + i0, u_line, n, stream);
     });
     if constexpr (COUNT) {
-      for (int64_t j = 0; j < kLine; ++j) count -= static_cast<int64_t>(fired[j]);
+      for (int k = 0; k < kParts; ++k) {
+        for (int j = 0; j < kVecBytes / int(sizeof(Bits)); ++j) count -= static_cast<int64_t>(fired[k][j]);
+      }
     }
   }
   return count;
