@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 import tna_kernels.nn as tnn
 from common import (
-    device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
+    device_name, git_commit, goal_lines, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
 )
 from tna.config import TrainConfig
 from tna.data import batches, load_dataset
@@ -497,10 +497,7 @@ def markdown(result: dict) -> str:
         f"vgg11, ternary time at {found['high_rate']:.0%} over that at {found['low_rate']:.0%}: "
         + ", ".join(f"batch {batch} {value:.2f}x" for batch, value in found["time_ratio_high_low"].items()) + ".",
         "", "Goals:"]
-    for g in result["goals"]:
-        status = "not measured" if g["met"] is None else "met" if g["met"] else "NOT met"
-        value = "" if g["value"] is None else f": {g['value']:.2f}x (target {g['target']:g}x)"
-        lines.append(f"- {status}: {g['goal']}{value}")
+    lines += goal_lines(result["goals"])
     return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 import tna_kernels
 from common import (
-    device_name, git_commit, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
+    device_name, git_commit, goal_lines, parse_args, time_ms, timing_rounds, tune_malloc, utc_now, versions, write_results,
 )
 from tna_kernels.ops.ternary import dequantize, ternary_conv2d_reference, ternary_linear_reference
 from tna_kernels.ops.ternary.op import conv2d_cpu_layout, linear_cpu_layout
@@ -347,12 +347,10 @@ def markdown(result) -> str:
             "|---|---:|---|---:|---:|",
         ]
         for r in result["sweep"]:
-            lines.append(f"| {r['layer']} | {r['rate']:.0%} | {r['impl']} | {r['ms']:.3f} | {r['speedup_vs_fp32']:.2f}x |")
+            lines.append(f"| {r['layer']} | {r['rate']:.0%} | {r['impl']} | {r['ms']:.3f} | "
+                         f"{r['speedup_vs_fp32']:.2f}x |")
     lines += ["", "Goals:"]
-    for g in result["goals"]:
-        status = "not measured" if g["met"] is None else "met" if g["met"] else "NOT met"
-        value = "" if g["value"] is None else f": {g['value']:.2f}x (target {g['target']:g}x)"
-        lines.append(f"- {status}: {g['goal']}{value}")
+    lines += goal_lines(result["goals"])
     return "\n".join(lines) + "\n"
 
 

@@ -210,3 +210,14 @@ def memory_pass(script: str, args: argparse.Namespace) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_TUNING}
     output = subprocess.run(command, env={**env, **MALLOC_MEASURE}, check=True, capture_output=True, text=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def goal_lines(goals) -> list:
+    """Markdown lines "- met / NOT met / not measured: goal: value (target)", one per goal (a dict with
+    goal, target, value and met)."""
+    lines = []
+    for g in goals:
+        status = "not measured" if g["met"] is None else "met" if g["met"] else "NOT met"
+        value = "" if g["value"] is None else f": {g['value']:.2f}x (target {g['target']:g}x)"
+        lines.append(f"- {status}: {g['goal']}{value}")
+    return lines

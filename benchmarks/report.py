@@ -359,7 +359,8 @@ def _goals_across(members, kind: str) -> list:
         if not measured:
             lines.append(f"- {name}: not measured")
             continue
-        lines.append(f"- {name}: {_span([g['value'] for g in measured], '{:.2f}')}x (target {entries[0]['target']:g}x), "
+        values = _span([g["value"] for g in measured], "{:.2f}")
+        lines.append(f"- {name}: {values}x (target {entries[0]['target']:g}x), "
                      f"met on {sum(bool(g['met']) for g in measured)} of {len(measured)}")
     return lines + [""]
 

@@ -1,16 +1,18 @@
 // Ternary-weight linear and conv2d layers for CPU on the packed 2-bit format (tna_kernels/ops/ternary/format.py).
 //
-// Two kernels, both reading the packed words directly (no float copy of the weight is kept):
-// - spikes (x in {0, 1}): x rows become bit rows, the weight rows become two bit-planes (code 1 and
-//   code -1), and y = popcount(x & plus) - popcount(x & minus) is exact integer arithmetic; the scale
-//   is applied once, in float32, as in tna_kernels/ops/ternary/reference.py. The inner loop uses
-//   AVX-512 VPOPCNTDQ where the compiler targets it, and portable 64-bit popcounts otherwise.
-//   The conv2d packs the spike image once into channel bits per pixel and gathers the bit rows of the
-//   receptive fields a few output pixels at a time (a bit im2col, 32x smaller than a float one, never
-//   built for the whole image).
-// - real-valued x (float32): blocks of the weight are decoded into a small float tile (scale
-//   included) and multiplied with register-blocked fused multiply-adds. The same routine computes
-//   the input gradient grad_x = grad_y @ W with the tile transposed.
+// Spike input (x in {0, 1}) has two exact kernels, chosen per call from the spike count (see use_events):
+// - dense: x rows become bit rows, the weight rows two bit-planes (code 1 and code -1), and
+//   y = popcount(x & plus) - popcount(x & minus) is integer arithmetic. The inner loop uses AVX-512 VPOPCNTDQ
+//   where the compiler targets it, and 64-bit popcounts otherwise.
+// - event-driven: each input that spiked adds its int8 column of codes to the outputs, so the cost follows the
+//   number of spikes (see the section below).
+// Both apply the scale once, in float32, as tna_kernels/ops/ternary/reference.py does. The conv2d packs the spike
+// image once into channel bits per pixel and gathers the bit rows of the receptive fields a few output pixels at a
+// time (a bit im2col, 32x smaller than a float one, never built for the whole image), which either kernel takes.
+// The weight's re-layouts for both (the CPU layout) can be cached by a caller whose weight does not change.
+// Real-valued x (float32): blocks of the weight are decoded into a small float tile (scale included) and
+// multiplied with register-blocked fused multiply-adds. The same routine computes the input gradient
+// grad_x = grad_y @ W with the tile transposed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -264,7 +266,8 @@ void to_column_tiles(const int32_t* packed, int64_t N, int64_t W16, int64_t R, i
           words[j] = j < outputs ? static_cast<uint32_t>(packed[(t * lanes + j) * W16 + w]) : 0x55555555u;
         for (int64_t i = 0; i < kCodesPerWord && w * kCodesPerWord + i < R; ++i) {
           int8_t* row = tile + input(w * kCodesPerWord + i) * lanes;
-          for (int64_t j = 0; j < lanes; ++j) row[j] = static_cast<int8_t>(static_cast<int>((words[j] >> (2 * i)) & 3u) - 1);
+          for (int64_t j = 0; j < lanes; ++j)
+            row[j] = static_cast<int8_t>(static_cast<int>((words[j] >> (2 * i)) & 3u) - 1);
         }
       }
     }
@@ -289,7 +292,8 @@ void list_events(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t
     for (int64_t m = m0; m < m1; ++m) {
       int32_t* out = events.data() + offsets[m];
       for (int64_t w = 0; w < W; ++w)
-        for (uint64_t b = bits[m * W + w]; b != 0; b &= b - 1) *out++ = static_cast<int32_t>(64 * w + __builtin_ctzll(b));
+        for (uint64_t b = bits[m * W + w]; b != 0; b &= b - 1)
+          *out++ = static_cast<int32_t>(64 * w + __builtin_ctzll(b));
     }
   });
 }
