@@ -344,7 +344,8 @@ __attribute__((always_inline)) inline void prefetch_at(const R* p, int64_t i) {
 // non-temporal stores. Returns the number of spikes when COUNT (SPIKES too), else 0: each line of spikes,
 // read back from its line buffer, adds its nonzero elements to per-lane counters held in vector
 // registers (GCC vector variables of the target's width, kParts to a line; a scalar array of counters
-// would go through memory on every line), which are summed after every row. Exact: a lane gets at most kMaxChunk / kLine <= 512 per row.
+// would go through memory on every line), which are summed after every row. Exact: a lane gets at most
+// kMaxChunk / kLine <= 512 per row.
 template <typename S, bool DECAY, bool SOFT, bool SPIKES, bool SAVE, bool COUNT>
 inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u,
                              int64_t N, int64_t u_stride, int64_t T, int64_t len, acc_t<S>* __restrict v,

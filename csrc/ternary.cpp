@@ -185,7 +185,8 @@ struct SpikeOutput {
   Out* y;
   int64_t ldm, ldn;
 
-  void store(int64_t m, int64_t n, int64_t acc_p, int64_t acc_n) const {
+  // Column n's output from the counts of the inputs that meet code 1 (acc_p) and code -1 (acc_n).
+  Out value(int64_t n, int64_t acc_p, int64_t acc_n) const {
     float v;
     if (asymmetric) {
       v = static_cast<float>(acc_p) * scale[n] - static_cast<float>(acc_n) * scale[ldscale + n];
@@ -193,7 +194,11 @@ struct SpikeOutput {
       v = static_cast<float>(acc_p - acc_n) * scale[n];
     }
     if (bias != nullptr) v = v + bias[n];
-    y[m * ldm + n * ldn] = static_cast<Out>(v);
+    return static_cast<Out>(v);
+  }
+
+  void store(int64_t m, int64_t n, int64_t acc_p, int64_t acc_n) const {
+    y[m * ldm + n * ldn] = value(n, acc_p, acc_n);
   }
 
   // Rows m0 .. m1 - 1 and columns n0 .. n1 - 1 from the sums of the codes, (m, n) at sums[(m - m0) * ld + n - n0],
@@ -201,23 +206,16 @@ struct SpikeOutput {
   // and acc_n = (abs - sum) / 2): as store, in the order that writes y contiguously.
   void store_sums(int64_t m0, int64_t m1, int64_t n0, int64_t n1, const int32_t* sums, const int32_t* abs_sums,
                   int64_t ld) const {
-    auto value = [&](int64_t m, int64_t n) {
+    auto at = [&](int64_t m, int64_t n) {
       const int64_t i = (m - m0) * ld + n - n0;
-      float v;
-      if (asymmetric) {
-        const int32_t p = (abs_sums[i] + sums[i]) / 2, q = (abs_sums[i] - sums[i]) / 2;
-        v = static_cast<float>(p) * scale[n] - static_cast<float>(q) * scale[ldscale + n];
-      } else {
-        v = static_cast<float>(sums[i]) * scale[n];
-      }
-      return static_cast<Out>(bias != nullptr ? v + bias[n] : v);
+      return asymmetric ? value(n, (abs_sums[i] + sums[i]) / 2, (abs_sums[i] - sums[i]) / 2) : value(n, sums[i], 0);
     };
     if (ldn == 1) {
       for (int64_t m = m0; m < m1; ++m)
-        for (int64_t n = n0; n < n1; ++n) y[m * ldm + n] = value(m, n);
+        for (int64_t n = n0; n < n1; ++n) y[m * ldm + n] = at(m, n);
     } else {
       for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m = m0; m < m1; ++m) y[m * ldm + n * ldn] = value(m, n);
+        for (int64_t m = m0; m < m1; ++m) y[m * ldm + n * ldn] = at(m, n);
     }
   }
 };
@@ -274,10 +272,8 @@ void to_column_tiles(const int32_t* packed, int64_t N, int64_t W16, int64_t R, i
   });
 }
 
-// The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1]), followed
-// by kPrefetchEvents zeros (add_events reads that far ahead).
-void list_events(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t>& offsets,
-                 std::vector<int32_t>& events) {
+// The start of each bit row's events in list_events' list: offsets [M + 1], offsets[M] the number of set bits.
+void event_offsets(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t>& offsets) {
   offsets.assign(M + 1, 0);
   at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
@@ -287,6 +283,12 @@ void list_events(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64_t
     }
   });
   for (int64_t m = 0; m < M; ++m) offsets[m + 1] += offsets[m];
+}
+
+// The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1])
+// (offsets: event_offsets), followed by kPrefetchEvents zeros (add_events reads that far ahead).
+void list_events(const uint64_t* bits, int64_t M, int64_t W, const std::vector<int64_t>& offsets,
+                 std::vector<int32_t>& events) {
   events.assign(offsets[M] + kPrefetchEvents, 0);
   at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
@@ -536,8 +538,9 @@ at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, 
   TORCH_CHECK(ok, "ternary_linear: spike input must hold only 0 and 1; found other values");
   std::vector<int64_t> offsets;
   std::vector<int32_t> events;
-  list_events(xbits.data(), M, W64p, offsets, events);
+  event_offsets(xbits.data(), M, W64p, offsets);
   const bool by_events = use_events(choice, offsets[M], M * K, M, layout.has_value());
+  if (by_events) list_events(xbits.data(), M, W64p, offsets, events);
   at::Tensor made;
   if (!layout.has_value()) {
     made = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));
@@ -768,6 +771,7 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
       const SpikeOutput<Out> out{scale + n0, asymmetric, s.O, bias != nullptr ? bias + n0 : nullptr,
                                  y + (b * s.O + n0) * L + l0, 1, L};
       if (by_events) {
+        event_offsets(rows.data(), l1 - l0, s.Wk, offsets);
         list_events(rows.data(), l1 - l0, s.Wk, offsets, events);
         const int8_t* group_tiles = tiles + g * tile_bytes(R, s.Og);
         dispatch_events(V, asymmetric, [&](auto width, auto abs) {
