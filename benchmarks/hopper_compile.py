@@ -391,8 +391,8 @@ def main(argv=None) -> int:
 
     rows, merged = run(args.largest_config, args.workers, args.only)
     result = dict(benchmark="hopper_compile", target=f"{TARGET.backend} sm_{TARGET.arch}",
-                  device=f"compiled on {cpu_model()} ({torch.get_num_threads()} threads)", versions=versions(), commit=git_commit(),
-                  date=utc_now(), cases=[case for case in LAUNCHES if args.only in case], rows=rows, merged=merged)
+                  device=f"compiled on {cpu_model()} ({torch.get_num_threads()} threads)", versions=versions(),
+                  commit=git_commit(), date=utc_now(), cases=[case for case in LAUNCHES if args.only in case], rows=rows, merged=merged)
     partial = args.largest_config or args.only
     out = args.out or RESULTS / f"hopper_compile_sm90{'_quick' if partial else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
