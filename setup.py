@@ -3,7 +3,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-TRAIN = ["scikit-learn", "matplotlib", "pyyaml"]
+TRAIN = ["scikit-learn", "scipy", "matplotlib", "pyyaml", "mlxtend"]
 
 setup(
     name="tna-kernels",

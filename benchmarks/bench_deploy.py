@@ -53,7 +53,8 @@ from tna.config import TrainConfig
 from tna.data import batches, load_dataset
 from tna.deploy import deployable, export_run, load_deployed
 from tna.models import Precision, build_model, spiking_layers
-from tna.trainer import Trainer, build_network
+from tna.network import build_network
+from tna.trainer import Trainer
 from tna_kernels.ops.ternary.format import dequantize, unpack_ternary
 
 TIMESTEPS = 4

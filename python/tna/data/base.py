@@ -1,7 +1,10 @@
 """The types every dataset loader returns or raises: ``DataSplits`` and ``DataError``."""
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
 
 DEFAULT_DATA_DIR = Path("data")
@@ -23,6 +26,8 @@ class DataSplits:
     time bin, pixel and polarity, clipped to 255). Labels are int64 ``[N]``. ``mean`` and ``std`` are
     per channel, in units of the stored values (zeros and ones for events), and are applied by
     ``batches``; ``crop_padding`` (0 = no crop) and ``flip`` describe the training augmentation.
+    ``val_x`` / ``val_y``: the validation part held out of the training split by ``hold_out`` (None when
+    nothing was held out); ``validation()`` presents it as the test split, for evaluation.
     """
 
     name: str
@@ -37,6 +42,75 @@ class DataSplits:
     std: tuple
     crop_padding: int
     flip: bool
+    val_x: Optional[torch.Tensor] = field(default=None, repr=False)
+    val_y: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def validation(self) -> "DataSplits":
+        """A copy whose test split is this one's validation split (raises ValueError when there is none)."""
+        if self.val_y is None:
+            raise ValueError(f"{self.name}: no validation split was held out")
+        return dataclasses.replace(self, test_x=self.val_x, test_y=self.val_y, val_x=None, val_y=None)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+    """Split sample indices so each class keeps ``test_fraction`` of its samples (rounded) for testing.
+
+    ``labels``: int ``[N]``. Returns ``(train, test)``, sorted int64 index arrays that partition
+    ``range(N)``. The split depends only on ``labels``, ``test_fraction`` and ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    test = [np.empty(0, dtype=np.int64)]
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        test.append(rng.permutation(members)[: round(test_fraction * len(members))])
+    test = np.sort(np.concatenate(test))
+    return np.setdiff1d(np.arange(len(labels)), test), test
+
+
+def grayscale_splits(name: str, images: torch.Tensor, labels: torch.Tensor, *, test_fraction: float, seed: int,
+                     crop_padding: int) -> DataSplits:
+    """A bundled grayscale image dataset, split into train and test by ``stratified_split`` (fixed ``seed``).
+
+    ``images``: uint8 ``[N, 1, H, W]``; ``labels``: int64 ``[N]`` in 0..9. ``mean`` and ``std`` come from the
+    training split; no horizontal flip (digits are not mirror-symmetric).
+    """
+    train, test = stratified_split(labels.numpy(), test_fraction, seed)
+    train_x = images[train]
+    std, mean = torch.std_mean(train_x.float(), correction=0)
+    return DataSplits(name=name, train_x=train_x, train_y=labels[train], test_x=images[test], test_y=labels[test],
+                      num_classes=10, input_shape=tuple(images.shape[1:]), is_events=False, mean=(mean.item(),),
+                      std=(std.item(),), crop_padding=crop_padding, flip=False)
+
+
+HOLD_OUT_SEED = 1
+
+
+def hold_out(data: DataSplits, val_fraction: float, train_fraction: float = 1.0) -> DataSplits:
+    """Carve a validation split out of ``data``'s training split, then keep a fraction of the rest for training.
+
+    Per class, ``val_fraction`` of the training samples become the validation split; of the remaining ones,
+    ``train_fraction`` are kept for training (a stratified subset; 1 keeps all). Both choices depend only on
+    the labels and the fractions (a fixed seed, independent of any training seed), so every run of a
+    comparison sees the same validation and training samples, and the validation split does not change with
+    ``train_fraction``. The test split, ``mean`` and ``std`` are unchanged. When ``val_fraction`` rounds to no
+    sample of any class (a tiny dataset), nothing is held out and ``val_x`` / ``val_y`` stay None.
+    """
+    if not 0 <= val_fraction < 1 or not 0 < train_fraction <= 1:
+        raise ValueError(f"need 0 <= val_fraction < 1 and 0 < train_fraction <= 1, got {val_fraction} and "
+                         f"{train_fraction}")
+    labels = data.train_y.cpu().numpy()
+    rest, val = stratified_split(labels, val_fraction, HOLD_OUT_SEED)
+    if train_fraction < 1:
+        _, kept = stratified_split(labels[rest], train_fraction, HOLD_OUT_SEED + 1)
+        rest = rest[kept]
+    if len(rest) == 0:
+        raise ValueError(f"{data.name}: val_fraction {val_fraction} and train_fraction {train_fraction} leave "
+                         f"no training samples")
+    rest, val = torch.from_numpy(rest), torch.from_numpy(val)
+    has_val = len(val) > 0
+    return dataclasses.replace(data, train_x=data.train_x[rest], train_y=data.train_y[rest],
+                               val_x=data.train_x[val] if has_val else None,
+                               val_y=data.train_y[val] if has_val else None)
 
 
 def resolve_folder(data_dir, folder: str, marker: str) -> Path:

@@ -2,25 +2,10 @@
 import numpy as np
 import torch
 
-from .base import DataError, DataSplits
+from .base import DataError, DataSplits, grayscale_splits
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
-    """Split sample indices so each class keeps ``test_fraction`` of its samples for testing.
-
-    ``labels``: int ``[N]``. Returns ``(train, test)``, sorted int64 index arrays that partition
-    ``range(N)``. The split depends only on ``labels``, ``test_fraction`` and ``seed``.
-    """
-    rng = np.random.default_rng(seed)
-    test = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        test.append(rng.permutation(members)[: round(test_fraction * len(members))])
-    test = np.sort(np.concatenate(test))
-    return np.setdiff1d(np.arange(len(labels)), test), test
 
 
 def load_digits_splits() -> DataSplits:
@@ -38,20 +23,5 @@ def load_digits_splits() -> DataSplits:
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    train, test = stratified_split(bunch.target, TEST_FRACTION, SPLIT_SEED)
-    train_x = images[train]
-    std, mean = torch.std_mean(train_x.float(), correction=0)
-    return DataSplits(
-        name="digits",
-        train_x=train_x,
-        train_y=labels[train],
-        test_x=images[test],
-        test_y=labels[test],
-        num_classes=10,
-        input_shape=(1, 8, 8),
-        is_events=False,
-        mean=(mean.item(),),
-        std=(std.item(),),
-        crop_padding=1,
-        flip=False,
-    )
+    return grayscale_splits("digits", images, labels, test_fraction=TEST_FRACTION, seed=SPLIT_SEED,
+                            crop_padding=1)

@@ -45,24 +45,31 @@ class SpikingNetwork(nn.Module):
         return self.classifier(features.mean(0))
 
 
-def _stem(precision: Precision, in_channels: int, out_channels: int, tau: float, timesteps: int, is_events: bool):
+def _stem(precision: Precision, in_channels: int, out_channels: int, tau: float, timesteps: int, is_events: bool,
+          stride: int = 1):
     if is_events:
-        return ConvBNLIF(precision, in_channels, out_channels, tau, spike_input=False, edge=True)
-    return StaticStem(precision, in_channels, out_channels, tau, timesteps)
+        return ConvBNLIF(precision, in_channels, out_channels, tau, stride, spike_input=False, edge=True)
+    return StaticStem(precision, in_channels, out_channels, tau, timesteps, stride)
 
 
 class SpikingConvNet(SpikingNetwork):
-    """A small spiking convnet for small inputs (the bundled 8x8 digits): three conv layers and a classifier.
+    """A small spiking convnet, practical on a CPU: three conv layers and a classifier.
 
-    ``[*, C, H, W]`` -> conv 32 -> conv 64 -> pool -> conv 64 -> pool -> linear.
+    ``[*, C, H, W]`` -> conv 32 -> conv 64 -> pool -> conv 64 -> pool -> linear. On inputs of at least
+    ``STRIDED_FROM`` pixels a side (28x28 MNIST, 32x32 CIFAR) the first conv has stride 2, so the spiking
+    layers work at a quarter of the pixels; smaller inputs (the 8x8 digits) keep their full resolution.
     """
+
+    STRIDED_FROM = 16
 
     def __init__(self, num_classes: int, input_shape: tuple, timesteps: int, precision: Precision,
                  width: float = 1.0, tau: float = 2.0, is_events: bool = False):
         super().__init__(timesteps, is_events)
         c, h, w = input_shape
         c1, c2 = _width(32, width), _width(64, width)
-        self.stem = _stem(precision, c, c1, tau, timesteps, is_events)
+        stride = 2 if min(h, w) >= self.STRIDED_FROM else 1
+        h, w = -(-h // stride), -(-w // stride)
+        self.stem = _stem(precision, c, c1, tau, timesteps, is_events, stride)
         self.body = nn.Sequential(
             ConvBNLIF(precision, c1, c2, tau), TimeFolded(nn.MaxPool2d(2)),
             ConvBNLIF(precision, c2, c2, tau), TimeFolded(nn.MaxPool2d(2)),

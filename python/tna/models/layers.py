@@ -96,10 +96,11 @@ class ConvBNLIF(nn.Module):
 class StaticStem(ConvBNLIF):
     """First layer for direct encoding: the image is the same at every timestep, so conv + BatchNorm run
     once on ``[B, C, H, W]`` (BatchNorm statistics over T identical copies equal those over one) and only the
-    neurons see T steps. ``[B, C, H, W] -> [T, B, C_out, H, W]``."""
+    neurons see T steps. ``[B, C, H, W] -> [T, B, C_out, H / stride, W / stride]``."""
 
-    def __init__(self, precision: Precision, in_channels: int, out_channels: int, tau: float, timesteps: int):
-        super().__init__(precision, in_channels, out_channels, tau, spike_input=False, edge=True)
+    def __init__(self, precision: Precision, in_channels: int, out_channels: int, tau: float, timesteps: int,
+                 stride: int = 1):
+        super().__init__(precision, in_channels, out_channels, tau, stride, spike_input=False, edge=True)
         self.timesteps = timesteps
 
     def forward(self, x: Tensor) -> Tensor:
