@@ -45,11 +45,12 @@ def _fold_all(model: nn.Module) -> int:
 
 
 def deployable(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with BatchNorm folded where the math allows and ternary layers frozen."""
+    """An eval-mode copy of ``model`` with BatchNorm folded where the math allows, ternary layers frozen and max
+    pooling on the inference kernel (``tna_kernels.nn.MaxPool2d``)."""
     deployed = copy.deepcopy(model).eval()
     with torch.no_grad():
         _fold_all(deployed)
-    return tnn.freeze_(deployed).requires_grad_(False)
+    return tnn.replace_max_pool_(tnn.freeze_(deployed)).requires_grad_(False)
 
 
 def export_run(run_dir, out_path) -> dict:
@@ -89,7 +90,7 @@ def load_deployed(path):
                                 parent.conv.stride, parent.conv.padding, parent.conv.dilation, parent.conv.groups,
                                 bias=True)
         parent.bn = nn.Identity()
-    tnn.freeze_(model)
+    tnn.replace_max_pool_(tnn.freeze_(model))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
