@@ -1,8 +1,8 @@
 """Benchmark whole-network CPU inference of deployed spiking networks: frozen ternary weights against float weights.
 
-Each network is deployed the way ``tna-export`` deploys it (``tna.deploy.deployable``: BatchNorm folded into
-full-precision convolutions, ternary layers frozen to packed 2-bit weights; on CPU a frozen layer caches the
-layout its spike kernels read on its first spike input) and timed against its float version: the same
+Each network is deployed the way ``tna-export`` deploys it (``tna.deploy.deployable``: ternary layers frozen to
+packed 2-bit weights, BatchNorm folded into the convolutions, max pooling on the inference kernel; on CPU a frozen
+layer caches the layout its spike kernels read on its first spike input) and timed against its float version: the same
 modules, LIF neurons and thresholds, with every ternary layer replaced by a plain ``nn.Conv2d`` / ``nn.Linear``
 holding the dequantized weight (scale x code). Both run under ``torch.inference_mode``; the time is that of
 the whole forward, from the images ``[B, C, H, W]`` to the logits ``[B, classes]``.
@@ -16,7 +16,7 @@ the whole forward, from the images ``[B, C, H, W]`` to the logits ``[B, classes]
   scales rounded to powers of two), the LIF thresholds calibrated layer by layer so that each layer fires at
   5%, 10% and 20% of its neuron-steps on a calibration batch, timed at batch 1 and 64 on other random images
   whose values lie on a 1/64 grid in [-2, 2) (8-bit images). The first layer takes real-valued input (direct
-  encoding) and so runs the real-valued ternary kernel, as does the classifier on the time-averaged spikes;
+  encoding) and so runs the real-valued ternary path, as does the classifier on the time-averaged spikes;
   the seven layers between them run the spike kernel with their cached CPU layout.
 
 Before timing, both versions run on the timing input and are compared layer by layer. For vgg11 every sum is
@@ -460,7 +460,7 @@ def markdown(result: dict) -> str:
         "",
         f"**vgg11**: {vgg['network']}, input {'x'.join(map(str, vgg['input_shape']))}, T = {vgg['timesteps']}; "
         "thresholds calibrated per layer to the target rate. The first layer takes real-valued input (direct "
-        "encoding) and so runs the real-valued ternary kernel, as does the classifier (on time-averaged spikes); "
+        "encoding) and so runs the real-valued ternary path, as does the classifier (on time-averaged spikes); "
         f"{vgg['layout_cached']['layers']} of {vgg['layout_cached']['of']} spike-input layers ran with "
         "their cached CPU layout. The float version's spikes and logits equal the ternary version's exactly.",
         "",

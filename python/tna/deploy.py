@@ -1,11 +1,11 @@
 """Deployment: the trained base network alone, BatchNorm folded, ternary layers frozen to packed weights.
 
-The exported file is a ``torch.save`` dict ``{"format", "kind": "tna-deployed", "config", "model"}`` read
-back with ``weights_only=True``: ``config`` rebuilds the architecture, ``model`` is its state_dict.
-BatchNorm is folded into the preceding full-precision convolution (the new weight and bias are exact up to
-rounding); a BatchNorm after a ternary convolution stays, because folding its per-channel factor into the
-ternary scale would break the format's single positive scale per channel when gamma is negative.
-"""
+The exported file is a ``torch.save`` dict ``{"format", "kind": "tna-deployed", "config", "structure", "model"}``
+read back with ``weights_only=True``: ``config`` rebuilds the architecture, ``structure`` names the BatchNorms
+folded away, ``model`` is its state_dict. BatchNorm is folded into the preceding convolution (exact up to
+rounding): into a full-precision one's weight and bias, and into a frozen ternary one's per-channel scale, codes
+and a new bias: a channel whose BatchNorm factor is negative has its codes negated (exact for codes in
+{-1, 0, 1}) and takes the factor's absolute value into its scale."""
 import copy
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import tna_kernels.nn as tnn
+from tna_kernels.ops.ternary.format import pack_ternary, unpack_ternary
 
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
@@ -22,35 +23,64 @@ from .network import build_network
 DEPLOYED_KIND = "tna-deployed"
 
 
+def _batchnorm_affine(bn: nn.BatchNorm2d, bias) -> tuple:
+    """``(factor, shift)`` ``[C]`` with ``bn(y + bias) = y * factor + shift`` in eval mode (``bias`` may be None)."""
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return factor, bn.bias + (bias - bn.running_mean) * factor
+
+
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A conv equal (in eval mode) to ``bn(conv(x))``; ``conv`` must be a full-precision nn.Conv2d."""
     fused = copy.deepcopy(conv)
-    std = torch.sqrt(bn.running_var + bn.eps)
-    factor = bn.weight / std
+    factor, shift = _batchnorm_affine(bn, conv.bias)
     fused.weight = nn.Parameter((conv.weight * factor.view(-1, 1, 1, 1)).detach())
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias = nn.Parameter((bn.bias + (bias - bn.running_mean) * factor).detach())
+    fused.bias = nn.Parameter(shift.detach())
+    return fused
+
+
+def fold_batchnorm_ternary(conv: tnn.TernaryConv2d, bn: nn.BatchNorm2d) -> tnn.TernaryConv2d:
+    """A frozen TernaryConv2d equal (in eval mode, up to float32 rounding) to ``bn(conv(x))``; ``conv`` must be
+    frozen. Per output channel, factor f: the codes are negated where f < 0 (a TTQ scale ``[2, O]`` swaps its
+    rows there: they belong to codes 1 and -1), the scale becomes ``|f| x scale`` and the shift the bias ``[O]``."""
+    fused = copy.deepcopy(conv)
+    factor, shift = _batchnorm_affine(bn, conv.bias)
+    negative = factor < 0
+    shape = (conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size)
+    codes = unpack_ternary(conv.packed, shape)
+    fused.packed.copy_(pack_ternary(torch.where(negative.view(-1, 1, 1, 1), -codes, codes)))
+    scale = torch.where(negative, conv.scale.flip(0), conv.scale) if conv.scale.dim() == 2 else conv.scale
+    fused.scale.copy_(scale * factor.abs())
+    fused.bias = nn.Parameter(shift.detach())
     return fused
 
 
 def _fold_all(model: nn.Module) -> int:
-    """Fold every (nn.Conv2d ``conv``, BatchNorm2d ``bn``) pair held by one module as attributes, in place."""
+    """Fold every (``conv``, BatchNorm2d ``bn``) pair held by one module as attributes, in place, where ``conv`` is
+    an nn.Conv2d or a frozen TernaryConv2d."""
     folded = 0
     for module in list(model.modules()):
         conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
-        if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue
+        if type(conv) is nn.Conv2d:
             module.conv = fold_batchnorm(conv, bn)
-            module.bn = nn.Identity()
-            folded += 1
+        elif isinstance(conv, tnn.TernaryConv2d) and conv.frozen:
+            module.conv = fold_batchnorm_ternary(conv, bn)
+        else:
+            continue
+        module.bn = nn.Identity()
+        folded += 1
     return folded
 
 
 def deployable(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with BatchNorm folded where the math allows and ternary layers frozen."""
-    deployed = copy.deepcopy(model).eval()
+    """An eval-mode copy of ``model`` with BatchNorm folded where the math allows, ternary layers frozen and max
+    pooling on the inference kernel (``tna_kernels.nn.MaxPool2d``)."""
+    deployed = tnn.freeze_(copy.deepcopy(model).eval())
     with torch.no_grad():
         _fold_all(deployed)
-    return tnn.freeze_(deployed).requires_grad_(False)
+    return tnn.replace_max_pool_(deployed).requires_grad_(False)
 
 
 def export_run(run_dir, out_path) -> dict:
@@ -82,11 +112,14 @@ def load_deployed(path):
     model = build_network(config, data, weights=config.weights, width=1.0)
     for name in state["structure"]:
         parent = model.get_submodule(name.rpartition(".")[0])
+        parent.bn = nn.Identity()
+        if isinstance(parent.conv, tnn.TernaryConv2d):
+            parent.conv.bias = nn.Parameter(torch.zeros(parent.conv.out_channels))
+            continue
         parent.conv = nn.Conv2d(parent.conv.in_channels, parent.conv.out_channels, parent.conv.kernel_size,
                                 parent.conv.stride, parent.conv.padding, parent.conv.dilation, parent.conv.groups,
                                 bias=True)
-        parent.bn = nn.Identity()
-    tnn.freeze_(model)
+    tnn.replace_max_pool_(tnn.freeze_(model))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

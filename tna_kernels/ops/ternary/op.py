@@ -142,18 +142,10 @@ def _conv_geometry(x_shape, kernel_size, stride, padding, dilation):
     return h_out, w_out
 
 
-def _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size):
-    """conv2d of real-valued x ``[B, C, H, W]`` as the backend's linear kernel on the unfolded input."""
-    batch = x.shape[0]
-    h_out, w_out = _conv_geometry(x.shape, kernel_size, stride, padding, dilation)
-    cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # [B, C*kh*kw, L]
-    k = cols.shape[1] // groups
-    outputs = []
-    for g, (p_g, s_g, b_g) in enumerate(_group_slices(packed, scale, bias, groups)):
-        x_g = cols[:, g * k:(g + 1) * k].transpose(1, 2).reshape(-1, k).contiguous()
-        outputs.append(_linear_forward(backend, x_g, p_g, s_g, b_g, False))
-    y = torch.cat(outputs, dim=1) if groups > 1 else outputs[0]
-    return y.view(batch, h_out * w_out, -1).transpose(1, 2).reshape(batch, -1, h_out, w_out).contiguous()
+def _dequantized_conv_weight(packed, scale, channels, groups, kernel_size) -> Tensor:
+    """The float32 weight ``[O, channels / groups, kh, kw]`` (code x scale) of a packed conv weight."""
+    codes = decode_codes(packed, channels // groups * kernel_size[0] * kernel_size[1])
+    return dequantize(codes.view(packed.shape[0], channels // groups, *kernel_size), scale)
 
 
 @torch.library.custom_op("tna::ternary_conv2d", mutates_args=())
@@ -169,7 +161,10 @@ def ternary_conv2d_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[T
         if is_spike_input(x, spikes):  # direct kernel on bit-packed pixels, no float im2col
             return _cpp_spikes(torch.ops.tna_cpp.ternary_conv2d_spikes, x, packed.contiguous(), scale.contiguous(),
                                bias, layout, stride, padding, dilation, groups, kernel_size, "auto")
-        return _conv_unfolded(backend, x, packed, scale, bias, stride, padding, dilation, groups, kernel_size)
+        # oneDNN's convolution over the dequantized weight: the input is real-valued, so no integer path applies
+        weight = _dequantized_conv_weight(packed, scale, x.shape[1], groups, kernel_size)
+        return F.conv2d(x.float(), weight, None if bias is None else bias.float(), stride, padding, dilation,
+                        groups).to(x.dtype)
     from . import triton as triton_kernels
 
     if is_spike_input(x, spikes):
@@ -203,11 +198,9 @@ def _conv_backward(ctx, grad_y):
     if need_x and ctx.backend == "cpp":
         # On CPU, oneDNN's transposed convolution over the dequantized weight is several times faster than the
         # ternary grad-input kernel on the unfolded gradient followed by fold (grad_y is real-valued either way).
-        channels = ctx.x_shape[1]
-        codes = decode_codes(packed, channels // groups * kernel_size[0] * kernel_size[1])
-        codes = codes.view(packed.shape[0], channels // groups, *kernel_size)
-        grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, dequantize(codes, scale), grad_y.to(torch.float32), stride,
-                                            padding, dilation, groups).to(ctx.x_dtype)
+        weight = _dequantized_conv_weight(packed, scale, ctx.x_shape[1], groups, kernel_size)
+        grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight, grad_y.to(torch.float32), stride, padding, dilation,
+                                            groups).to(ctx.x_dtype)
     elif need_x:
         batch, channels, height, width = ctx.x_shape
         k = channels // groups * kernel_size[0] * kernel_size[1]
