@@ -20,7 +20,7 @@ TWIN_WEIGHTS = ("same", "fp", "ternary")
 DATASET_DEFAULTS = {
     "digits": dict(arch="convnet", timesteps=4, epochs=25, batch_size=32, optimizer="adam", lr=3e-3,
                    weight_decay=0.0),
-    "mnist5k": dict(arch="convnet", timesteps=4, epochs=10, batch_size=64, optimizer="adam", lr=3e-3,
+    "mnist5k": dict(arch="convnet", timesteps=4, epochs=12, batch_size=64, optimizer="adam", lr=3e-3,
                     weight_decay=0.0),
     "cifar10": dict(arch="resnet19", timesteps=4, epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
                     weight_decay=5e-4),

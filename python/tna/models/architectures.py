@@ -9,6 +9,8 @@ import math
 
 from torch import Tensor, nn
 
+import tna_kernels.nn as tnn
+
 from .layers import ConvBNLIF, Precision, StaticStem, fold, neurons
 
 ARCHS = ("convnet", "vgg11", "resnet19")
@@ -71,8 +73,8 @@ class SpikingConvNet(SpikingNetwork):
         h, w = -(-h // stride), -(-w // stride)
         self.stem = _stem(precision, c, c1, tau, timesteps, is_events, stride)
         self.body = nn.Sequential(
-            ConvBNLIF(precision, c1, c2, tau), TimeFolded(nn.MaxPool2d(2)),
-            ConvBNLIF(precision, c2, c2, tau), TimeFolded(nn.MaxPool2d(2)),
+            ConvBNLIF(precision, c1, c2, tau), TimeFolded(tnn.MaxPool2d(2)),
+            ConvBNLIF(precision, c2, c2, tau), TimeFolded(tnn.MaxPool2d(2)),
             TimeFolded(nn.Flatten()),
         )
         self.classifier = precision.linear(c2 * (h // 4) * (w // 4), num_classes, spike_input=False, edge=True)
@@ -90,7 +92,7 @@ class SpikingVGG11(SpikingNetwork):
         layers, channels, pools = [], plan[0], 0
         for step in plan[1:]:
             if step == "pool":
-                layers.append(TimeFolded(nn.MaxPool2d(2)))
+                layers.append(TimeFolded(tnn.MaxPool2d(2)))
                 pools += 1
             else:
                 layers.append(ConvBNLIF(precision, channels, step, tau))
