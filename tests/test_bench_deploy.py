@@ -131,7 +131,7 @@ def test_quick_run_result(quick_run):
     assert set(speedups["time_ratio_high_low"]) == {str(b) for b in settings["batches"]}
     assert [g["met"] for g in result["goals"]] == [None, None]
     markdown = out.with_suffix(".md").read_text()
-    assert "runs the real-valued ternary kernel" in markdown and "| vgg11 | 20% |" in markdown
+    assert "runs the real-valued ternary path" in markdown and "| vgg11 | 20% |" in markdown
     assert (out.parent / f"{out.stem}_rates.png").stat().st_size > 1000
 
 
