@@ -119,7 +119,7 @@ def load_deployed(path):
         parent.conv = nn.Conv2d(parent.conv.in_channels, parent.conv.out_channels, parent.conv.kernel_size,
                                 parent.conv.stride, parent.conv.padding, parent.conv.dilation, parent.conv.groups,
                                 bias=True)
-    tnn.replace_max_pool_(tnn.freeze_(model))
+    tnn.freeze_(model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

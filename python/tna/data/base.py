@@ -93,11 +93,14 @@ def hold_out(data: DataSplits, val_fraction: float, train_fraction: float = 1.0)
     the labels and the fractions (a fixed seed, independent of any training seed), so every run of a
     comparison sees the same validation and training samples, and the validation split does not change with
     ``train_fraction``. The test split, ``mean`` and ``std`` are unchanged. When ``val_fraction`` rounds to no
-    sample of any class (a tiny dataset), nothing is held out and ``val_x`` / ``val_y`` stay None.
+    sample of any class (a tiny dataset), nothing is held out and ``val_x`` / ``val_y`` stay None; with
+    ``val_fraction`` 0 and ``train_fraction`` 1, ``data`` itself is returned.
     """
     if not 0 <= val_fraction < 1 or not 0 < train_fraction <= 1:
         raise ValueError(f"need 0 <= val_fraction < 1 and 0 < train_fraction <= 1, got {val_fraction} and "
                          f"{train_fraction}")
+    if val_fraction == 0 and train_fraction == 1:
+        return data
     labels = data.train_y.cpu().numpy()
     rest, val = stratified_split(labels, val_fraction, HOLD_OUT_SEED)
     if train_fraction < 1:
