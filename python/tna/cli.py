@@ -43,7 +43,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--twin-width", type=float, help="channel multiplier of the twin (default 1)")
     p.add_argument("--twin-weights", choices=TWIN_WEIGHTS, help="twin weight precision (default: same as base)")
     p.add_argument("--tna-lambda", type=_list(float),
-                   help="weight of the logit MSE in TNA (default 1); a comma list trains one TNA run per value "
+                   help="weight of the logit MSE in TNA (default 0.005); a comma list trains one TNA run per value "
                         "and draws validation and test accuracy against lambda")
     p.add_argument("--mse-reduction", choices=MSE_REDUCTIONS, help="sum over logits (default) or mean")
     p.add_argument("--teacher", help="kd: a model file from tna-export, or a run directory (default: the "

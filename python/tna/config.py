@@ -50,7 +50,7 @@ class TrainConfig:
     quantize_first_last: bool = False
     twin_width: float = 1.0
     twin_weights: str = "same"
-    tna_lambda: float = 1.0
+    tna_lambda: float = 0.005  # chosen on validation: benchmarks/results/tna_lambda/chosen.json
     mse_reduction: str = "sum"
     teacher: Optional[str] = None
     kd_temperature: float = 4.0

@@ -10,8 +10,8 @@ Defaults and where they come from:
   "Twin Network Augmentation: A Novel Training Strategy for Improved Spiking Neural Networks and Efficient
   Weight Quantization". The MSE is summed over the logits and averaged over the batch (``mse_reduction=
   "sum"``); ``"mean"`` averages over logits too (PyTorch's ``mse_loss`` default, num_classes times
-  smaller). lambda = 1.0 is this package's default (a balanced sum of the three terms); tune it with
-  ``--tna-lambda``. No term is detached: the logit-matching gradient reaches both networks.
+  smaller). The trainer's default lambda, 0.005, was chosen on validation accuracy by a sweep
+  (``benchmarks/tna_experiments.py lambda``); tune it with ``--tna-lambda``. No term is detached: the logit-matching gradient reaches both networks.
 - ``kd``: Hinton et al. (2015): (1 - alpha) * CE(student) + alpha * T^2 * KL(teacher_T || student_T) with
   temperature T = 4 and alpha = 0.9, the values of the widely used settings of Hinton et al.'s follow-ups
   (e.g. Tian et al., 2020, "Contrastive Representation Distillation", for CIFAR).
