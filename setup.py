@@ -25,6 +25,7 @@ setup(
     },
     entry_points={"console_scripts": [
         "tna-train=tna.cli:train_main",
+        "tna-prune=tna.cli:prune_main",
         "tna-export=tna.cli:export_main",
         "tna-eval=tna.cli:eval_main",
     ]},

@@ -1,4 +1,4 @@
-"""Command-line entry points: ``tna-train``, ``tna-export`` and ``tna-eval``."""
+"""Command-line entry points: ``tna-train``, ``tna-prune``, ``tna-export`` and ``tna-eval``."""
 import argparse
 import json
 import os
@@ -10,6 +10,7 @@ from .config import AMP_MODES, OPTIMIZERS, TWIN_WEIGHTS, ConfigError, TrainConfi
 from .data import DATASETS, DataError
 from .losses import METHODS, MSE_REDUCTIONS
 from .models import ARCHS, WEIGHTS
+from .pruning import SCOPES
 from .sparsity import LAYER_WEIGHTS, SCHEDULES
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -193,6 +194,103 @@ def train_main(argv=None) -> int:
             dist.destroy_process_group()
 
 
+def prune_parser() -> argparse.ArgumentParser:
+    """tna-train's flags plus the ticket search's."""
+    p = train_parser()
+    p.prog = "tna-prune"
+    p.description = ("Find lottery tickets: train, prune the least important weights, rewind, repeat (Lottery "
+                     "Ticket Rewinding with layer-wise importance). Takes tna-train's flags for the model, data, "
+                     "method and precision (one method and precision per search; each seed is its own search).")
+    p.add_argument("--importance", type=_list(str),
+                   help="comma list of magnitude, l1, l2, softmax, minmax: one ticket search per metric from the "
+                        "same seed (default magnitude)")
+    p.add_argument("--rounds", type=int, help="pruning rounds; after n rounds 1 - (1 - rate)^n of the weights are "
+                                              "pruned (default 5)")
+    p.add_argument("--prune-rate", type=float, help="share of the remaining weights pruned per round (default 0.2)")
+    p.add_argument("--rewind-epoch", type=int,
+                   help="rewind the kept weights to the end of this epoch of the dense run (default 0: the "
+                        "initialization)")
+    p.add_argument("--prune-scope", choices=SCOPES, help="global (default): compare importances over all prunable "
+                                                          "layers; layer: prune each layer by the rate")
+    p.add_argument("--prune-first-last", action=argparse.BooleanOptionalAction,
+                   help="prune the first and the last weight layer too (default: yes, every Conv2d and Linear)")
+    p.add_argument("--prune-twin", action="store_true", help="tna / dml: prune the twin too, with its own masks "
+                                                             "(default: the twin stays dense)")
+    return p
+
+
+PRUNE_FLAGS = {"importance": "importance", "rounds": "rounds", "prune_rate": "prune_rate",
+               "rewind_epoch": "rewind_epoch", "prune_scope": "scope", "prune_first_last": "first_last",
+               "prune_twin": "prune_twin"}
+
+
+def _prune_plan(args: dict) -> tuple:
+    """``(out, settings, [(search_dir, config)], [(teacher_dir, config)])`` from tna-prune's flags."""
+    from .lottery import PruneSettings
+
+    values = {PRUNE_FLAGS[flag]: args.pop(flag) for flag in list(args) if flag in PRUNE_FLAGS}
+    if "importance" in values:
+        values["importance"] = tuple(values["importance"])
+    settings = PruneSettings(**values)
+    for flag in ("method", "weights", "tna_lambda", "sparsity_weight"):
+        if len(_as_list(args.get(flag, []))) > 1:
+            raise ConfigError(f"tna-prune searches one value of --{flag.replace('_', '-')} at a time, got "
+                              f"{args[flag]}")
+    args.setdefault("out", f"runs/prune-{args.get('dataset', 'digits')}")
+    out, runs = plan_runs(args)
+    method = _as_list(args.get("method", ["tna"]))[0]
+    searches = [(run_dir, config) for run_dir, config in runs if config.method == method]
+    teachers = [(run_dir, config) for run_dir, config in runs if config.method != method]
+    if len(searches) > 1:
+        searches = [(out / f"seed{config.seed}", config) for _, config in searches]
+    else:
+        searches = [(out, config) for _, config in searches]
+    for _, config in searches:
+        settings.validate(config)
+    return out, settings, searches, teachers
+
+
+def prune_main(argv=None) -> int:
+    """``tna-prune``: one ticket search per seed (each over every importance metric); exit status 0 on success,
+    2 on bad input, 130 when interrupted (``tna-prune --resume OUT`` continues)."""
+    args = vars(prune_parser().parse_args(argv))
+    progress = args.pop("progress", True)
+    out = None
+    try:
+        from .lottery import PruneSettings, TicketSearch
+        from .trainer import Trainer
+
+        if "resume" in args:
+            out = Path(args["resume"])
+            if not (out / "prune.json").is_file():
+                raise CheckpointError(f"--resume {out}: no prune.json there (the folder a tna-prune run wrote)")
+            plan = json.loads((out / "prune.json").read_text())
+            settings = PruneSettings(**{**plan["settings"], "importance": tuple(plan["settings"]["importance"])})
+            searches = [(Path(d), TrainConfig.from_dict(c)) for d, c in plan["searches"]]
+            teachers = [(Path(d), TrainConfig.from_dict(c)) for d, c in plan["teachers"]]
+        else:
+            out, settings, searches, teachers = _prune_plan(args)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "prune.json").write_text(json.dumps({
+                "settings": settings.to_dict(),
+                "searches": [[str(d), c.to_dict()] for d, c in searches],
+                "teachers": [[str(d), c.to_dict()] for d, c in teachers]}, indent=2) + "\n")
+        for run_dir, config in teachers:
+            if not (run_dir / "report.json").is_file():
+                print(f"tna-prune: the kd teacher, seed {config.seed} -> {run_dir}", file=sys.stderr)
+                Trainer(config, run_dir, progress=progress).run()
+        for search_dir, config in searches:
+            TicketSearch(config, settings, search_dir, progress=progress).run()
+            print(f"tna-prune: tickets of seed {config.seed} in {search_dir} (summary.md, overlap.json)",
+                  file=sys.stderr)
+        return 0
+    except USER_ERRORS as error:
+        return _fail("tna-prune", error)
+    except KeyboardInterrupt:
+        print(f"tna-prune: interrupted; continue with: tna-prune --resume {out or 'OUT'}", file=sys.stderr)
+        return 130
+
+
 def export_main(argv=None) -> int:
     """``tna-export RUN_DIR --out model.pt``: the base network only, frozen, BatchNorm folded."""
     p = argparse.ArgumentParser(prog="tna-export", description="Write a run's base network for deployment.")
@@ -205,7 +303,8 @@ def export_main(argv=None) -> int:
         info = export_run(args.run_dir, args.out)
     except USER_ERRORS as error:
         return _fail("tna-export", error)
-    print(f"tna-export: wrote {args.out} ({info['bytes'] / 1024:.1f} KiB of weights, after {info['epochs']} epochs)")
+    print(f"tna-export: wrote {args.out} ({info['bytes'] / 1024:.1f} KiB of weights, {info['nonzero_weights']} of "
+          f"them non-zero, after {info['epochs']} epochs)")
     return 0
 
 
@@ -240,4 +339,4 @@ def eval_main(argv=None) -> int:
     return 0
 
 
-__all__ = ["eval_main", "export_main", "plan_runs", "train_main", "train_parser"]
+__all__ = ["eval_main", "export_main", "plan_runs", "prune_main", "prune_parser", "train_main", "train_parser"]

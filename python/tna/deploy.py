@@ -19,6 +19,7 @@ from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, sav
 from .config import TrainConfig
 from .data import load_dataset
 from .network import build_network
+from .pruning import load_state, nonzero_weights, strip_masks_
 
 DEPLOYED_KIND = "tna-deployed"
 
@@ -84,17 +85,19 @@ def deployable(model: nn.Module) -> nn.Module:
 
 
 def export_run(run_dir, out_path) -> dict:
-    """Write the base network of the finished (or last checkpointed) run in ``run_dir`` to ``out_path``."""
+    """Write the base network of the finished (or last checkpointed) run in ``run_dir`` to ``out_path``; a pruned
+    network (a round of ``tna-prune``) is written with its pruned weights zero (ternary: code 0). Returns
+    ``{"epochs", "bytes", "nonzero_weights"}``."""
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = TrainConfig.from_dict(state["config"])
     data = load_dataset(config.dataset, config.data_dir, timesteps=config.timesteps)
     model = build_network(config, data, weights=config.weights, width=1.0)
-    model.load_state_dict(state["base"])
-    deployed = deployable(model)
+    load_state(model, state["base"])
+    deployed = strip_masks_(deployable(model))
     save_atomic({"format": CHECKPOINT_FORMAT, "kind": DEPLOYED_KIND, "config": config.to_dict(),
                  "structure": _structure(deployed), "model": deployed.state_dict()}, out_path)
     size = sum(t.numel() * t.element_size() for t in deployed.state_dict().values())
-    return {"epochs": state["epoch"], "bytes": size}
+    return {"epochs": state["epoch"], "bytes": size, "nonzero_weights": nonzero_weights(deployed)}
 
 
 def _structure(model: nn.Module) -> list:

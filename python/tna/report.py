@@ -36,6 +36,7 @@ def write_report(run_dir, report: dict, history: list) -> None:
          f"{report['synops_per_sample']:.3g} AC + {report['macs_per_sample']:.3g} MAC"),
         ("energy per sample", f"{report['energy_uj_per_sample']:.4g} uJ (same network as ANN: "
                               f"{report['ann_macs_per_sample']:.3g} MAC, {report['ann_energy_uj_per_sample']:.4g} uJ)"),
+        ("weights pruned", f"{100 * report['sparsity']:.1f}% ({report['nonzero_weights']} non-zero weights deployed)"),
         ("model size fp32", f"{sizes['fp32'] / 1024:.1f} KiB"),
         ("model size deployed",
          f"{sizes['deployed'] / 1024:.1f} KiB ({sizes['fp32'] / sizes['deployed']:.1f}x smaller)"),
@@ -164,7 +165,7 @@ def write_comparison(out_dir, reports: list) -> dict:
             "twin_mean": mean_of(r["test_accuracy"]["twin"] for r in members),
             "spike_rate_mean": statistics.fmean(r["spike_rate"]["mean"] for r in members),
             "epoch_time_s": mean_of(r.get("epoch_time_s") for r in members),
-            "sparsity_weight": members[0].get("sparsity", {}).get("weight", 0.0),
+            "sparsity_weight": members[0]["config"]["sparsity_weight"],
             "deployed_bytes": members[0]["model_bytes"]["deployed"],
         }
     for label, row in summary.items():
@@ -264,7 +265,7 @@ def _lambda_sweep(out_dir, reports: list) -> None:
 def _pareto(out_dir, reports: list) -> None:
     """``pareto.json`` (one point per run: beta, spike rate, base test accuracy, energy) and ``pareto.png``
     (accuracy against spike rate, one series per method and weight precision, labelled with beta)."""
-    points = [{"method": r["method"], "weights": r["weights"], "seed": r["seed"], "beta": r["sparsity"]["weight"],
+    points = [{"method": r["method"], "weights": r["weights"], "seed": r["seed"], "beta": r["config"]["sparsity_weight"],
                "spike_rate": r["spike_rate"]["mean"], "accuracy": r["test_accuracy"]["base"],
                "energy_uj_per_sample": r["energy_uj_per_sample"]} for r in reports]
     (Path(out_dir) / "pareto.json").write_text(json.dumps(points, indent=2) + "\n")

@@ -18,7 +18,7 @@ Activity report: every weight layer's input is counted by a forward hook. A laye
 performs one accumulate (AC) per input spike and output it reaches (its synaptic operations, SynOps, counted
 exactly, borders of padded convolutions included); a layer
 fed by real values (the first layer on images, a layer after average pooling) performs its dense
-multiply-accumulates (MACs). Energy uses the 45 nm costs common in SNN papers (Horowitz, 2014): 0.9 pJ per
+multiply-accumulates (MACs). A pruned layer counts its kept weights only. Energy uses the 45 nm costs common in SNN papers (Horowitz, 2014): 0.9 pJ per
 AC and 4.6 pJ per MAC, configurable; the same network run as an ANN performs its dense MACs once per sample.
 """
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 import tna_kernels.nn as tnn
 
 from .models import spiking_layers
+from .pruning import kept_fraction
 
 SCHEDULES = ("constant", "linear", "anneal")
 LAYER_WEIGHTS = ("uniform", "neurons", "fanout")
@@ -95,20 +96,29 @@ class Activity:
 
 
 def _macs_per_input(layer: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Dense multiply-accumulates of ``layer`` per element of one sample's input ``x`` [N, ...] -> ``y``."""
+    """Dense multiply-accumulates of ``layer`` per element of one sample's input ``x`` [N, ...] -> ``y``; a pruned
+    layer (``weight_mask``) performs them for its kept weights only."""
     if isinstance(layer, (nn.Linear, tnn.TernaryLinear)):
-        return float(layer.out_features)
+        return float(layer.out_features) * kept_fraction(layer)
     kh, kw = layer.kernel_size
     per_output = layer.in_channels // layer.groups * kh * kw
-    return per_output * y[0].numel() / x[0].numel()
+    return per_output * y[0].numel() / x[0].numel() * kept_fraction(layer)
 
 
 def _synops(layer: nn.Module, spikes: Tensor) -> float:
     """Accumulates ``layer`` performs on binary input ``spikes`` [N, ...]: every spike counted once per output it
-    reaches (at the borders of a padded convolution, fewer than the kernel size)."""
+    reaches (at the borders of a padded convolution, fewer than the kernel size) through a kept weight (all of
+    them, unless the layer is pruned: a pruned connection carries no synaptic operation)."""
+    mask = getattr(layer, "weight_mask", None)
     if isinstance(layer, (nn.Linear, tnn.TernaryLinear)):
-        return float(spikes.count_nonzero()) * layer.out_features
+        if mask is None:
+            return float(spikes.count_nonzero()) * layer.out_features
+        return float((spikes.float() @ mask.float().t()).sum())
     n, c, h, w = spikes.shape
+    if mask is not None:
+        reached = F.conv2d(spikes.float(), mask.float(), stride=layer.stride, padding=layer.padding,
+                           dilation=layer.dilation, groups=layer.groups)
+        return float(reached.sum())
     per_group = spikes.float().view(n, layer.groups, c // layer.groups, h, w).sum(2)
     window = torch.ones(layer.groups, 1, *layer.kernel_size, device=spikes.device)
     reached = F.conv2d(per_group, window, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,

@@ -12,7 +12,9 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -29,6 +31,8 @@ from .files import write_atomically
 from .losses import accuracy_count, objective, uses_twin
 from .models import SpikingNetwork, spiking_layers
 from .network import build_network, twin_weights
+from .pruning import (PrunedRun, attach_masks, layer_sparsity, load_state, mask_gradients_, masks_of, nonzero_weights,
+                      prunable_layers, zero_pruned_)
 from .sparsity import beta_at, layer_weights, measure_activity, penalty
 
 
@@ -95,7 +99,7 @@ def load_teacher(path: str, data: DataSplits, device: torch.device) -> SpikingNe
         state = load_checkpoint(source / "checkpoint.pt", "teacher checkpoint")
         config = TrainConfig.from_dict(state["config"])
         model = build_network(config, data, weights=config.weights, width=1.0)
-        model.load_state_dict(state["base"])
+        load_state(model, state["base"])
     else:
         model, config = load_deployed(path)
     if config.dataset != data.name:
@@ -104,10 +108,12 @@ def load_teacher(path: str, data: DataSplits, device: torch.device) -> SpikingNe
 
 
 class Trainer:
-    """Trains ``config`` (resolved) into ``run_dir``; ``run()`` returns the final report dict."""
+    """Trains ``config`` (resolved) into ``run_dir``; ``run()`` returns the final report dict. ``pruned``: a
+    round of a ticket search (masks, rewound weights, first epoch; see :class:`tna.pruning.PrunedRun`)."""
 
-    def __init__(self, config: TrainConfig, run_dir, *, progress: bool = True):
+    def __init__(self, config: TrainConfig, run_dir, *, progress: bool = True, pruned: Optional[PrunedRun] = None):
         self.config = config
+        self.pruned = pruned
         self.run_dir = Path(run_dir)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -129,6 +135,12 @@ class Trainer:
                                       width=config.twin_width).to(self.device)
         self.teacher = load_teacher(config.teacher, self.data, self.device) if config.method == "kd" else None
         self.networks = {"base": self.base} if self.twin is None else {"base": self.base, "twin": self.twin}
+        if pruned is not None:
+            for name, model in self.networks.items():
+                if pruned.start is not None:
+                    model.load_state_dict(pruned.start[name])
+                attach_masks(model, pruned.masks.get(name, {}))
+        self.first_epoch = pruned.first_epoch if pruned is not None else 0
         self.optimizers = {name: _optimizer(config, model) for name, model in self.networks.items()}
         self.trained = self.networks
         if self.world_size > 1:
@@ -214,14 +226,18 @@ class Trainer:
         checkpoint = self.run_dir / "checkpoint.pt"
         if checkpoint.exists():
             self._restore(load_checkpoint(checkpoint))
-        elif self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        else:
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self._start_at_first_epoch()
         if not self.history and self.is_main and self.device.type == "cpu" and self.config.arch in SLOW_ON_CPU:
             self._say_epoch_time()
-        for epoch in range(len(self.history), self.config.epochs):
+        for epoch in range(self.first_epoch + len(self.history), self.config.epochs):
             record = self._train_epoch(epoch)
             self.history.append(record)
+            if self.pruned is not None and self.pruned.on_epoch_end is not None:
+                self.pruned.on_epoch_end(epoch + 1, self.networks)
             if self.is_main:
                 save_atomic(self._state(), checkpoint)
                 lines = "".join(json.dumps(r) + "\n" for r in self.history).encode()
@@ -230,6 +246,16 @@ class Trainer:
         if self.is_main:
             write_report(self.run_dir, report, self.history)
         return report
+
+    def _start_at_first_epoch(self) -> None:
+        """A fresh run: advance the learning-rate schedules to the first epoch and tell ``on_epoch_end``."""
+        with warnings.catch_warnings():  # the schedule steps before any optimizer step, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.first_epoch):
+                for _, scheduler in self.optimizers.values():
+                    scheduler.step()
+        if self.pruned is not None and self.pruned.on_epoch_end is not None:
+            self.pruned.on_epoch_end(self.first_epoch, self.networks)
 
     def _train_epoch(self, epoch: int) -> dict:
         config, device = self.config, self.device
@@ -268,9 +294,13 @@ class Trainer:
             for optimizer, _ in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            for model in self.networks.values():
+                mask_gradients_(model)
             for optimizer, _ in self.optimizers.values():
                 self.scaler.step(optimizer)
             self.scaler.update()
+            for model in self.networks.values():
+                zero_pruned_(model)
             loss_sum += loss.detach() * len(y)
             for name in names:
                 correct[name] += accuracy_count(logits[name].detach(), y)
@@ -323,6 +353,10 @@ class Trainer:
         config, last = self.config, self.history[-1]
         test_x = next(batches(self.data, False, 256, seed=0, epoch=0, device=self.device))[0]
         activity = measure_activity(self.base.eval(), test_x, config.timesteps)
+        layers = prunable_layers(self.base)
+        if self.pruned is not None:
+            layers = {name: layers[name] for name in self.pruned.layers}
+        sparsity, sparsity_per_layer = layer_sparsity(masks_of(self.base), layers)
         return {
             "method": config.method,
             "dataset": config.dataset,
@@ -336,14 +370,18 @@ class Trainer:
             "test_accuracy": last["test_accuracy"],
             "spike_rate": last["spike_rate"],
             "model_bytes": model_bytes(self.base),
+            "nonzero_weights": nonzero_weights(self.base),
+            "sparsity": sparsity,
+            "sparsity_per_layer": sparsity_per_layer,
+            "ticket": self.pruned.ticket if self.pruned is not None else None,
             "spikes_per_sample": activity.spikes_per_sample,
             "synops_per_sample": activity.synops,
             "macs_per_sample": activity.macs,
             "energy_uj_per_sample": activity.energy_uj(config.ac_pj, config.mac_pj),
             "ann_macs_per_sample": activity.dense_macs,
             "ann_energy_uj_per_sample": activity.dense_energy_uj(config.mac_pj),
-            "sparsity": {"weight": config.sparsity_weight, "schedule": config.sparsity_schedule,
-                         "layer_weights": self.sparsity_weights.get("base")},
+            "spike_penalty": {"weight": config.sparsity_weight, "schedule": config.sparsity_schedule,
+                              "layer_weights": self.sparsity_weights.get("base")},
             "wall_time_s": sum(r["epoch_time_s"] for r in self.history),
             "epoch_time_s": sum(r["epoch_time_s"] for r in self.history) / len(self.history),
             "device": str(self.device),

@@ -89,7 +89,7 @@ def test_penalty_lowers_the_spike_rate_and_the_sweep_writes_a_pareto_plot(tmp_pa
     report = json.loads((out / "baseline-ternary-beta3-seed0" / "report.json").read_text())
     for key in ("synops_per_sample", "energy_uj_per_sample", "spikes_per_sample", "ann_energy_uj_per_sample"):
         assert report[key] > 0
-    assert report["sparsity"]["layer_weights"] and sum(report["sparsity"]["layer_weights"].values()) == pytest.approx(1)
+    assert report["spike_penalty"]["layer_weights"] and sum(report["spike_penalty"]["layer_weights"].values()) == pytest.approx(1)
     lines = (out / "baseline-ternary-beta3-seed0" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["sparsity_beta"] for line in lines] == [3.0, 3.0]
 

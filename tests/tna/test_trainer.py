@@ -76,7 +76,7 @@ def test_kd_and_dml_match_their_formulas():
 @pytest.mark.parametrize("arch,shape,is_events", [
     ("convnet", (1, 8, 8), False), ("convnet", (1, 28, 28), False), ("convnet", (3, 32, 32), False),
     ("convnet", (2, 32, 32), True), ("vgg11", (3, 32, 32), False), ("resnet19", (3, 32, 32), False),
-    ("vgg11", (2, 32, 32), True),
+    ("vgg11", (2, 32, 32), True), ("mlp", (1, 8, 8), False), ("mlp", (1, 28, 28), False), ("mlp", (2, 16, 16), True),
 ])
 @pytest.mark.parametrize("weights", ["fp", "ternary"])
 def test_models_shapes_layers_and_rates(arch, shape, is_events, weights):

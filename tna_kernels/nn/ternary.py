@@ -8,14 +8,19 @@ the format version (buffers ``packed``, ``scale``, ``format_version``): the depl
 (bit-planes and code columns) that the C++ spike kernels re-lay the packed weight into (made on its
 first spike input, and again whenever ``packed`` changes), so that inference does not redo that work
 on every call; under ``torch.compile`` the kernels re-lay the weight each call instead.
+
+Pruning: ``prune_(mask)`` sets the ``weight_mask`` buffer (w's shape, 1 = kept, 0 = pruned) and zeroes the
+pruned latent weights. The quantizer then gives pruned weights code 0 and takes its threshold and scale over
+the kept weights only. Keeping pruned weights at zero during training (no gradient, no weight decay) is the
+trainer's part. ``freeze()`` drops the mask: the pruned codes are 0 in ``packed``.
 """
 import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.ternary.format import FORMAT_VERSION, int_pair, pack_ternary
+from ..ops.ternary.format import FORMAT_VERSION, int_pair, pack_ternary, unpack_ternary
 from ..ops.ternary.op import conv2d_cpu_layout, linear_cpu_layout, ternary_conv2d, ternary_linear, uses_cpu_layout
-from ..ops.ternary.quantize import QUANTIZERS, quantize_weight, ternarize
+from ..ops.ternary.quantize import QUANTIZERS, quantize_weight, ternarize, ternary_codes
 from ..ops.ternary.reference import is_spike_input
 
 
@@ -28,6 +33,7 @@ class _Ternary(nn.Module):
         self.quantizer, self.per_channel, self.spikes, self.backend = quantizer, per_channel, spikes, backend
         self.frozen = False
         self._layout, self._layout_key = None, None
+        self.register_buffer("weight_mask", None)
         if quantizer == "ttq":
             _, scale = ternarize(self.weight, "ttq", per_channel)
             entries = self.weight.shape[0] if per_channel else 1
@@ -51,8 +57,29 @@ class _Ternary(nn.Module):
         if self.frozen:
             return self.packed, self.scale, None
         ttq_scales = (self.w_p, self.w_n) if self.quantizer == "ttq" else None
-        w_q, codes, scale = quantize_weight(self.weight, self.quantizer, self.per_channel, ttq_scales)
+        w_q, codes, scale = quantize_weight(self.weight, self.quantizer, self.per_channel, ttq_scales,
+                                            self.weight_mask)
         return pack_ternary(codes), scale, w_q
+
+    @torch.no_grad()
+    def codes(self) -> Tensor:
+        """The int8 ternary codes in {-1, 0, 1}, the weight's shape (``[out, in]`` or ``[out, in / groups, kh,
+        kw]``): unpacked when frozen, else those the quantizer gives the latent weight now."""
+        if self.frozen:
+            return unpack_ternary(self.packed, self.weight_shape)
+        return ternary_codes(self.weight, self.quantizer, self.per_channel, self.weight_mask)
+
+    @torch.no_grad()
+    def prune_(self, mask: Tensor):
+        """Prune the weights where ``mask`` (the weight's shape; bool or 0/1) is 0: keep ``mask`` as the
+        ``weight_mask`` buffer and zero those latent weights. Returns the module."""
+        if self.frozen:
+            raise RuntimeError("prune_ needs the latent weight; prune before freeze()")
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"mask shape {list(mask.shape)} differs from the weight's {list(self.weight.shape)}")
+        self.weight_mask = (mask != 0).to(self.weight.device)
+        self.weight.mul_(self.weight_mask)
+        return self
 
     @torch.no_grad()
     def freeze(self):
@@ -67,6 +94,7 @@ class _Ternary(nn.Module):
 
     def _become_frozen(self, packed_shape, scale_shape, device) -> None:
         del self.weight
+        self.weight_mask = None
         if self.quantizer == "ttq":
             del self.w_p, self.w_n
         self.register_buffer("packed", torch.zeros(packed_shape, dtype=torch.int32, device=device))
@@ -104,6 +132,8 @@ class _Ternary(nn.Module):
 
     def _ternary_repr(self) -> str:
         state = "frozen (packed)" if self.frozen else "training"
+        if self.weight_mask is not None:
+            state += f", pruned {1 - self.weight_mask.float().mean().item():.1%}"
         return f"quantizer={self.quantizer}, per_channel={self.per_channel}, spikes={self.spikes}, {state}"
 
 
@@ -135,6 +165,10 @@ class TernaryLinear(_Ternary):
         layer = cls(module.in_features, module.out_features, module.bias is not None, quantizer, per_channel, spikes,
                     backend, device=module.weight.device, dtype=module.weight.dtype)
         return layer._copy_from(module)
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.out_features, self.in_features)
 
     def _make_cpu_layout(self, packed: Tensor) -> Tensor:
         return linear_cpu_layout(packed, self.in_features)
@@ -199,6 +233,10 @@ class TernaryConv2d(_Ternary):
                     module.dilation, module.groups, module.bias is not None, module.padding_mode, quantizer,
                     per_channel, spikes, backend, device=module.weight.device, dtype=module.weight.dtype)
         return layer._copy_from(module)
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def _make_cpu_layout(self, packed: Tensor) -> Tensor:
         return conv2d_cpu_layout(packed, self.in_channels, self.groups, self.kernel_size)

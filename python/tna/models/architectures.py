@@ -1,4 +1,4 @@
-"""Spiking VGG-11, spiking ResNet-19 and a small spiking convnet, time-major inside, time-averaged logits out.
+"""Spiking VGG-11, spiking ResNet-19, a small spiking convnet and a spiking LeNet-300-100, time-major inside, time-averaged logits out.
 
 Input: images ``[B, C, H, W]`` (direct encoding: the same image at each of the T timesteps) or event
 frames ``[B, T, C, H, W]``. Output: logits ``[B, num_classes]``, the average over timesteps of the
@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 import tna_kernels.nn as tnn
 
-from .layers import ConvBNLIF, Precision, StaticStem, fold, neurons
+from .layers import ConvBNLIF, LinearBNLIF, Precision, StaticLinearStem, StaticStem, fold, neurons
 
-ARCHS = ("convnet", "vgg11", "resnet19")
+ARCHS = ("convnet", "mlp", "vgg11", "resnet19")
 
 VGG11_PLAN = (64, "pool", 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512, "pool")
 
@@ -78,6 +78,25 @@ class SpikingConvNet(SpikingNetwork):
             TimeFolded(nn.Flatten()),
         )
         self.classifier = precision.linear(c2 * (h // 4) * (w // 4), num_classes, spike_input=False, edge=True)
+
+
+class SpikingMLP(SpikingNetwork):
+    """A spiking LeNet-300-100 (the first setup of the lottery-ticket papers), for any input size: the
+    flattened input -> linear 300 -> linear 100 -> linear classifier, each hidden linear followed by
+    BatchNorm and LIF neurons. ``width`` multiplies the hidden sizes."""
+
+    def __init__(self, num_classes: int, input_shape: tuple, timesteps: int, precision: Precision,
+                 width: float = 1.0, tau: float = 2.0, is_events: bool = False):
+        super().__init__(timesteps, is_events)
+        features = math.prod(input_shape)
+        hidden1, hidden2 = _width(300, width), _width(100, width)
+        if is_events:
+            self.stem = nn.Sequential(TimeFolded(nn.Flatten()),
+                                      LinearBNLIF(precision, features, hidden1, tau, spike_input=False, edge=True))
+        else:
+            self.stem = StaticLinearStem(precision, features, hidden1, tau, timesteps)
+        self.body = LinearBNLIF(precision, hidden1, hidden2, tau)
+        self.classifier = precision.linear(hidden2, num_classes, spike_input=False, edge=True)
 
 
 class SpikingVGG11(SpikingNetwork):
@@ -156,7 +175,7 @@ class TimeFolded(nn.Module):
         return fold(self.module, x)
 
 
-_CLASSES = {"convnet": SpikingConvNet, "vgg11": SpikingVGG11, "resnet19": SpikingResNet19}
+_CLASSES = {"convnet": SpikingConvNet, "mlp": SpikingMLP, "vgg11": SpikingVGG11, "resnet19": SpikingResNet19}
 
 
 def build_model(arch: str, num_classes: int, input_shape: tuple, timesteps: int, precision: Precision,

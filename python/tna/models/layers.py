@@ -108,6 +108,33 @@ class StaticStem(ConvBNLIF):
         return self.lif(current.unsqueeze(0).expand(self.timesteps, *current.shape))
 
 
+class LinearBNLIF(nn.Module):
+    """linear -> BatchNorm over the folded [T*B] batch -> LIF. ``[T, B, F_in] -> [T, B, F_out]``."""
+
+    def __init__(self, precision: Precision, in_features: int, out_features: int, tau: float, *,
+                 spike_input: bool = True, edge: bool = False):
+        super().__init__()
+        self.linear = precision.linear(in_features, out_features, spike_input=spike_input, edge=edge)
+        self.bn = nn.BatchNorm1d(out_features)
+        self.lif = neurons(tau)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lif(fold(self.bn, fold(self.linear, x)))
+
+
+class StaticLinearStem(LinearBNLIF):
+    """First layer of a fully connected network for direct encoding: the flattened image goes through linear +
+    BatchNorm once and the neurons see it T times. ``[B, C, H, W] -> [T, B, out_features]``."""
+
+    def __init__(self, precision: Precision, in_features: int, out_features: int, tau: float, timesteps: int):
+        super().__init__(precision, in_features, out_features, tau, spike_input=False, edge=True)
+        self.timesteps = timesteps
+
+    def forward(self, x: Tensor) -> Tensor:
+        current = self.bn(self.linear(x.flatten(1)))
+        return self.lif(current.unsqueeze(0).expand(self.timesteps, *current.shape))
+
+
 def fold(layer: nn.Module, x: Tensor) -> Tensor:
     """Apply a per-sample ``layer`` to time-major ``x`` [T, B, ...] on the folded [T*B, ...] batch."""
     y = layer(x.flatten(0, 1))

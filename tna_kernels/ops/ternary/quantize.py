@@ -26,12 +26,16 @@ TTQ_THRESHOLD = 0.05
 _EPS = 1e-8
 
 
-def _reduce(w: Tensor, per_channel: bool, op: str) -> Tensor:
-    """``op`` ('mean' or 'amax') of w over each output channel ``[N, 1, ...]`` or the whole layer."""
+def _reduce(w: Tensor, per_channel: bool, op: str, mask: Optional[Tensor] = None) -> Tensor:
+    """``op`` ('mean' or 'amax') of w over each output channel ``[N, 1, ...]`` or the whole layer; a mean
+    with ``mask`` is over the masked-in entries (0 where there are none)."""
     dims = tuple(range(1, w.dim())) if per_channel else tuple(range(w.dim()))
     if not dims:
-        return w
-    value = w.mean(dims, keepdim=True) if op == "mean" else w.amax(dims, keepdim=True)
+        return w if mask is None else w * mask
+    if op == "mean" and mask is not None:
+        value = (w * mask).sum(dims, keepdim=True) / mask.sum(dims, keepdim=True).clamp_min(1)
+    else:
+        value = w.mean(dims, keepdim=True) if op == "mean" else w.amax(dims, keepdim=True)
     return value if per_channel else value.reshape((1,) * w.dim())
 
 
@@ -53,22 +57,34 @@ def _check_weight(w: Tensor, method: str) -> None:
         raise ValueError("w holds NaN or inf; cannot ternarize it")
 
 
-def ternary_codes(w: Tensor, method: str, per_channel: bool = True) -> Tensor:
-    """int8 codes in {-1, 0, 1} with w's shape (no gradient)."""
+def _check_mask(w: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+    """``mask`` as float32 0/1 on w's device, or None; raises on a shape mismatch."""
+    if mask is None:
+        return None
+    if mask.shape != w.shape:
+        raise ValueError(f"the mask has shape {list(mask.shape)}, the weight {list(w.shape)}")
+    return (mask != 0).to(device=w.device, dtype=torch.float32)
+
+
+def ternary_codes(w: Tensor, method: str, per_channel: bool = True, mask: Optional[Tensor] = None) -> Tensor:
+    """int8 codes in {-1, 0, 1} with w's shape (no gradient); 0 wherever ``mask`` is 0."""
     w = w.detach().float()
+    keep = _check_mask(w, mask)
+    if keep is not None:
+        w = w * keep
     if method == "twn":
-        delta = TWN_THRESHOLD * _reduce(w.abs(), per_channel, "mean")
+        delta = TWN_THRESHOLD * _reduce(w.abs(), per_channel, "mean", keep)
         return (torch.sign(w) * (w.abs() > delta)).to(torch.int8)
     if method == "ttq":
         delta = TTQ_THRESHOLD * _reduce(w.abs(), per_channel, "amax")
         return ((w > delta).to(torch.int8) - (w < -delta).to(torch.int8))
-    gamma = _reduce(w.abs(), per_channel, "mean")
+    gamma = _reduce(w.abs(), per_channel, "mean", keep)
     return torch.clamp(torch.round(w / (gamma + _EPS)), -1, 1).to(torch.int8)
 
 
-def _scales(w: Tensor, codes: Tensor, method: str, per_channel: bool) -> Tensor:
+def _scales(w: Tensor, codes: Tensor, method: str, per_channel: bool, mask: Optional[Tensor] = None) -> Tensor:
     """float32 scale ``[N]`` (twn, absmean) or ``[2, N]`` (ttq: mean |W| of the positive and of the
-    negative codes) of weights ``w`` with ``codes``."""
+    negative codes) of weights ``w`` with ``codes`` (absmean: over the weights ``mask`` keeps)."""
     wf = w.detach().float()
     rows = w.shape[0]
     if method == "ttq":
@@ -78,20 +94,21 @@ def _scales(w: Tensor, codes: Tensor, method: str, per_channel: bool) -> Tensor:
     if method == "twn":
         scale = _masked_mean(wf.abs(), (codes != 0).float(), per_channel)
     else:
-        scale = _reduce(wf.abs(), per_channel, "mean")
+        keep = _check_mask(wf, mask)
+        scale = _reduce(wf.abs() if keep is None else wf.abs() * keep, per_channel, "mean", keep)
     return scale.reshape(-1).expand(rows).contiguous()
 
 
-def ternarize(w: Tensor, method: str = "twn", per_channel: bool = True):
-    """Ternarize weights ``w`` ``[N, *rest]``.
+def ternarize(w: Tensor, method: str = "twn", per_channel: bool = True, mask: Optional[Tensor] = None):
+    """Ternarize weights ``w`` ``[N, *rest]`` (``mask``: see the module docstring).
 
     Returns ``(codes, scale)``: int8 codes with w's shape in {-1, 0, 1} and a float32 scale ``[N]``
     (``[2, N]`` for ttq: the initial W_p and W_n, the mean ``|W|`` of the positive and of the negative
     codes). Per layer the scale has the same value for every channel.
     """
     _check_weight(w, method)
-    codes = ternary_codes(w, method, per_channel)
-    return codes, _scales(w, codes, method, per_channel)
+    codes = ternary_codes(w, method, per_channel, mask)
+    return codes, _scales(w, codes, method, per_channel, mask)
 
 
 class _SymmetricSTE(torch.autograd.Function):
@@ -132,16 +149,16 @@ class _TTQ(torch.autograd.Function):
 
 
 def quantize_weight(w: Tensor, method: str = "twn", per_channel: bool = True,
-                    ttq_scales: Optional[tuple] = None):
+                    ttq_scales: Optional[tuple] = None, mask: Optional[Tensor] = None):
     """Quantization-aware forward of a latent weight ``w`` ``[N, *rest]``.
 
     Returns ``(w_q, codes, scale)``: the float ternary weight ``w_q`` (w's shape and dtype) whose
     gradient flows to ``w`` (and to the TTQ scales) as described in the module docstring, the int8
     codes, and the float32 scale (``[N]``, or ``[2, N]`` for ttq). ``ttq_scales`` = ``(W_p, W_n)``, each
-    ``[N]`` or ``[1]``, is required for ttq.
+    ``[N]`` or ``[1]``, is required for ttq. ``mask``: see the module docstring.
     """
     _check_weight(w, method)
-    codes = ternary_codes(w, method, per_channel)
+    codes = ternary_codes(w, method, per_channel, mask)
     rows = w.shape[0]
     if method == "ttq":
         if ttq_scales is None:
@@ -150,5 +167,5 @@ def quantize_weight(w: Tensor, method: str = "twn", per_channel: bool = True,
         w_q = _TTQ.apply(w, codes, w_p, w_n)
         scale = torch.stack([w_p.detach().float().expand(rows), w_n.detach().float().expand(rows)]).contiguous()
         return w_q, codes, scale
-    scale = _scales(w, codes, method, per_channel)
+    scale = _scales(w, codes, method, per_channel, mask)
     return _SymmetricSTE.apply(w, codes, scale), codes, scale
