@@ -85,7 +85,8 @@ def summarize(setup: str) -> dict:
     shared = {}
     for k in (r for r in OVERLAP_ROUNDS if r < rounds):
         for a, b in itertools.combinations(metrics, 2):
-            values = [overlaps[s][str(k)]["pairs"][f"{a}|{b}"] for s in seeds if f"{a}|{b}" in overlaps[s][str(k)]["pairs"]]
+            pairs = [overlaps[s][str(k)]["pairs"] for s in seeds]
+            values = [p[f"{a}|{b}"] for p in pairs if f"{a}|{b}" in p]
             if values:
                 shared.setdefault(str(k), {})[f"{a}|{b}"] = {
                     "overall": statistics.fmean(v["overall"] for v in values), "seeds": len(values),
@@ -105,8 +106,8 @@ def _markdown(study: dict, metrics: list, rounds: int) -> str:
                                                    for k in shown) + " |",
              "|---|---:|" + "---:|" * len(shown)]
     for metric in metrics:
-        cells = [f"{100 * curves[metric][k]['test_accuracy'][0]:.2f} ± {100 * curves[metric][k]['test_accuracy'][1]:.2f}"
-                 for k in shown]
+        cells = [f"{100 * mean:.2f} ± {100 * std:.2f}" for mean, std in
+                 (curves[metric][k]["test_accuracy"] for k in shown)]
         lines.append(f"| {metric} | {curves[metric][0]['seeds']} | " + " | ".join(cells) + " |")
     lines += ["", "Test accuracy (%, mean ± std over seeds) by round (sparsity).", ""]
     if study["overlap"]:

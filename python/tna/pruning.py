@@ -228,6 +228,7 @@ def kept_fraction(layer: nn.Module) -> float:
     return 1.0 if mask is None else float(mask.float().mean())
 
 
-__all__ = ["IMPORTANCES", "SCOPES", "PrunedRun", "attach_masks", "full_masks", "importance", "kept_fraction", "layer_sparsity",
+__all__ = ["IMPORTANCES", "SCOPES", "PrunedRun", "attach_masks", "full_masks", "importance", "kept_fraction",
+           "layer_sparsity",
            "load_state", "mask_gradients_", "masks_of", "nonzero_weights", "overlap", "prunable_layers", "prune_step",
            "strip_masks_", "zero_pruned_"]

@@ -265,7 +265,8 @@ def _lambda_sweep(out_dir, reports: list) -> None:
 def _pareto(out_dir, reports: list) -> None:
     """``pareto.json`` (one point per run: beta, spike rate, base test accuracy, energy) and ``pareto.png``
     (accuracy against spike rate, one series per method and weight precision, labelled with beta)."""
-    points = [{"method": r["method"], "weights": r["weights"], "seed": r["seed"], "beta": r["config"]["sparsity_weight"],
+    points = [{"method": r["method"], "weights": r["weights"], "seed": r["seed"],
+               "beta": r["config"]["sparsity_weight"],
                "spike_rate": r["spike_rate"]["mean"], "accuracy": r["test_accuracy"]["base"],
                "energy_uj_per_sample": r["energy_uj_per_sample"]} for r in reports]
     (Path(out_dir) / "pareto.json").write_text(json.dumps(points, indent=2) + "\n")

@@ -18,7 +18,8 @@ Activity report: every weight layer's input is counted by a forward hook. A laye
 performs one accumulate (AC) per input spike and output it reaches (its synaptic operations, SynOps, counted
 exactly, borders of padded convolutions included); a layer
 fed by real values (the first layer on images, a layer after average pooling) performs its dense
-multiply-accumulates (MACs). A pruned layer counts its kept weights only. Energy uses the 45 nm costs common in SNN papers (Horowitz, 2014): 0.9 pJ per
+multiply-accumulates (MACs). A pruned layer counts its kept weights only. Energy uses the 45 nm costs common
+in SNN papers (Horowitz, 2014): 0.9 pJ per
 AC and 4.6 pJ per MAC, configurable; the same network run as an ANN performs its dense MACs once per sample.
 """
 from dataclasses import dataclass
