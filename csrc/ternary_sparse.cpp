@@ -23,6 +23,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "ternary_common.h"
@@ -220,38 +221,57 @@ inline void ripple(u64x4* planes, int from, int to, u64x4 x) {
   }
 }
 
-// ones, twos, fours += the words cols[at[0 .. 8)], carry-save; returns the carry into the eights.
-inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols, const uint16_t* at) {
+// ones, twos, fours += the words cols[at[0 .. 8)] ^ flip, carry-save; returns the carry into the eights.
+inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols, const uint16_t* at, u64x4 flip) {
   u64x4 twos_a, twos_b, fours_a, fours_b, eights;
-  csa(twos_a, ones, ones, cols[at[0]], cols[at[1]]);
-  csa(twos_b, ones, ones, cols[at[2]], cols[at[3]]);
+  csa(twos_a, ones, ones, cols[at[0]] ^ flip, cols[at[1]] ^ flip);
+  csa(twos_b, ones, ones, cols[at[2]] ^ flip, cols[at[3]] ^ flip);
   csa(fours_a, twos, twos, twos_a, twos_b);
-  csa(twos_a, ones, ones, cols[at[4]], cols[at[5]]);
-  csa(twos_b, ones, ones, cols[at[6]], cols[at[7]]);
+  csa(twos_a, ones, ones, cols[at[4]] ^ flip, cols[at[5]] ^ flip);
+  csa(twos_b, ones, ones, cols[at[6]] ^ flip, cols[at[7]] ^ flip);
   csa(fours_b, twos, twos, twos_a, twos_b);
   csa(eights, fours, fours, fours_a, fours_b);
   return eights;
 }
 
-// planes[0 .. P) = the lane-wise count of the words cols[index[0 .. n)] as binary numbers (plane l: bit l);
-// returns P, the bits of n (planes[0 .. max(P, 4)) are written).
-inline int count_lanes(const u64x4* cols, const uint16_t* index, int64_t n, u64x4* planes) {
+// planes[0 .. P) = the lane-wise count of the words cols[first[0 .. n1)] and of the inverted words
+// ~cols[second[0 .. n2)] (second: null or n2 = 0 for none), as binary numbers (plane l: bit l); returns P, the
+// planes up to the highest one not zero in every lane (planes[0 .. max(bits of n1 + n2, 4)) are written). With the inverted words, a lane counts the +1 codes met by its
+// spikes plus the -1 codes not met: n2 more than their difference.
+inline int count_lanes(const u64x4* cols, const uint16_t* first, int64_t n1, const uint16_t* second, int64_t n2,
+                       u64x4* planes) {
+  const int64_t n = n1 + n2;
   const int P = n == 0 ? 0 : 64 - __builtin_clzll(static_cast<uint64_t>(n));
   const u64x4 zero = {0, 0, 0, 0};
   for (int l = 0; l < std::max(P, 4); ++l) planes[l] = zero;
   u64x4 ones = zero, twos = zero, fours = zero, eights = zero;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const uint16_t* at = index + i;
-    const u64x4 eights_a = add_eight(ones, twos, fours, cols, at);
-    const u64x4 eights_b = add_eight(ones, twos, fours, cols, at + 8);
-    u64x4 sixteens;
-    csa(sixteens, eights, eights, eights_a, eights_b);
-    ripple(planes, 4, P, sixteens);
+  for (const auto& [index, count, flip] : {std::tuple(first, n1, zero), std::tuple(second, n2, ~zero)}) {
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+      const uint16_t* at = index + i;
+      const u64x4 eights_a = add_eight(ones, twos, fours, cols, at, flip);
+      const u64x4 eights_b = add_eight(ones, twos, fours, cols, at + 8, flip);
+      u64x4 sixteens;
+      csa(sixteens, eights, eights, eights_a, eights_b);
+      ripple(planes, 4, P, sixteens);
+    }
+    for (; i < count; ++i) {  // into the carry-save digits, as a binary number with the planes above them
+      const u64x4 word = cols[index[i]] ^ flip;
+      u64x4 carry = ones & word;
+      ones ^= word;
+      u64x4 next = twos & carry;
+      twos ^= carry;
+      carry = fours & next;
+      fours ^= next;
+      next = eights & carry;
+      eights ^= carry;
+      ripple(planes, 4, P, next);
+    }
   }
-  if (P >= 4) planes[0] = ones, planes[1] = twos, planes[2] = fours, planes[3] = eights;
-  for (; i < n; ++i) ripple(planes, 0, P, cols[index[i]]);
-  return P;
+  planes[0] = ones, planes[1] = twos, planes[2] = fours, planes[3] = eights;
+  int top = P;  // fewer planes where no lane reaches the bound n
+  while (top > 0 && (planes[top - 1][0] | planes[top - 1][1] | planes[top - 1][2] | planes[top - 1][3]) == 0) --top;
+  return top;
 }
 
 // Swap the bits of a and b selected by mask << shift in a with those selected by mask in b.
@@ -388,10 +408,16 @@ void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
       const u64x4* block = cols.data() + b * K;
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t start = v.out_start[n], split = v.out_split[n], end = v.out_start[n + 1];
-        lane_counts(planes, count_lanes(block, v.out_index + start, split - start, planes),
-                    plus.data() + (n - n0) * kBlockRows);
-        lane_counts(planes, count_lanes(block, v.out_index + split, end - split, planes),
-                    minus.data() + (n - n0) * kBlockRows);
+        int32_t* up = plus.data() + (n - n0) * kBlockRows;
+        int32_t* down = minus.data() + (n - n0) * kBlockRows;
+        if (out.asymmetric) {
+          lane_counts(planes, count_lanes(block, v.out_index + start, split - start, nullptr, 0, planes), up);
+          lane_counts(planes, count_lanes(block, v.out_index + split, end - split, nullptr, 0, planes), down);
+        } else {  // one counter: +1 codes met plus -1 codes not met, less the number of -1 codes
+          lane_counts(planes, count_lanes(block, v.out_index + start, split - start, v.out_index + split, end - split,
+                                          planes), up);
+          std::fill(down, down + kBlockRows, static_cast<int32_t>(end - split));
+        }
       }
       store_counts(out, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n0, n1, plus.data(), minus.data());
     }
