@@ -138,3 +138,26 @@ def test_property_sparse_kernels_exact(m, k, n, asymmetric, density, rate, kerne
     layout = linear_cpu_layout(packed, k, form="sparse")
     assert torch.equal(torch.ops.tna_cpp.ternary_linear_sparse_spikes(x, packed, scale, bias, layout, kernel),
                        ternary_linear_reference(x, packed, scale, bias, spikes=True))
+
+
+def test_opcheck_with_a_sparse_layout():
+    from tna_kernels.ops.ternary.op import ternary_linear_op
+
+    _, packed, scale, bias = _pruned(9, 40, 0.1, True, seed=6)
+    layout = linear_cpu_layout(packed, 40)
+    assert is_sparse_layout(layout)
+    spikes = _spikes((5, 40), 0.3, torch.float32, seed=7).requires_grad_()
+    torch.library.opcheck(ternary_linear_op, (spikes, packed, scale, bias, None, layout, True, "cpp"))
+
+
+def test_compile_frozen_pruned_model_fullgraph():
+    """Compiled, the frozen pruned layer re-lays its weight per call (no cached layout) and equals eager."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(tna_kernels.nn.TernaryLinear(64, 20, spikes=True), torch.nn.ReLU(),
+                                tna_kernels.nn.TernaryLinear(20, 5, spikes=False))
+    tna_kernels.nn.freeze_(model)
+    model[0].packed.copy_(_pruned(20, 64, 0.1, False, seed=8)[1])
+    x = _spikes((6, 64), 0.3, torch.float32, seed=9)
+    want = model(x)
+    assert is_sparse_layout(model[0]._layout)
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), want)
