@@ -46,16 +46,17 @@ inline int code_at(const int32_t* row, int64_t k) {
 // The parts of a sparse layout (int32 [P]): the header [kHeaderWords], the starts [N + 1] and the +1 / -1 splits
 // [N] of the lists by output, then those [K + 1] and [K] of the lists by input, then the input indices of the lists
 // by output (uint16 [nnz], padded to whole int32 words), then the output indices of the lists by input, then (from
-// an even word, header word 4) the dense layout (ternary_linear_layout: int64 words, two int32 words each).
+// header word 4, see sparse_layout_words) the dense layout (ternary_linear_layout: int64 words, two int32 words each).
 struct SparseView {
   int64_t K, N, nnz;
   const int32_t *out_start, *out_split, *in_start, *in_split;
   const uint16_t *out_index, *in_index;
 };
 
-// The int32 words before the dense part (an even number, so that the int64 words that follow are aligned).
+// The int32 words before the dense part: whole 64-byte lines, so that the dense part keeps the alignment of the
+// tensor's start (its code columns are read a vector at a time).
 inline int64_t sparse_layout_words(int64_t K, int64_t N, int64_t nnz) {
-  return (kHeaderWords + 2 * N + 1 + 2 * K + 1 + 2 * ((nnz + 1) / 2) + 1) / 2 * 2;
+  return (kHeaderWords + 2 * N + 1 + 2 * K + 1 + 2 * ((nnz + 1) / 2) + 15) / 16 * 16;
 }
 
 SparseView view_layout(const int32_t* words) {
@@ -236,8 +237,9 @@ inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols
 
 // planes[0 .. P) = the lane-wise count of the words cols[first[0 .. n1)] and of the inverted words
 // ~cols[second[0 .. n2)] (second: null or n2 = 0 for none), as binary numbers (plane l: bit l); returns P, the
-// planes up to the highest one not zero in every lane (planes[0 .. max(bits of n1 + n2, 4)) are written). With the inverted words, a lane counts the +1 codes met by its
-// spikes plus the -1 codes not met: n2 more than their difference.
+// planes up to the highest one not zero in every lane (planes[0 .. max(bits of n1 + n2, 4)) are written). With the
+// inverted words, a lane counts the +1 codes met by its spikes plus the -1 codes not met: n2 more than their
+// difference.
 inline int count_lanes(const u64x4* cols, const uint16_t* first, int64_t n1, const uint16_t* second, int64_t n2,
                        u64x4* planes) {
   const int64_t n = n1 + n2;
@@ -463,8 +465,8 @@ enum class SparseKernel { automatic, sliced, scatter, dense };
 // layout per int8 lane added.
 constexpr double kSlicedPerCode = 0.9;
 constexpr double kSlicedPerResult = 2.0;
-constexpr double kScatterPerAdd = 0.7;
-constexpr double kEventsPerLane = 0.05;
+constexpr double kScatterPerAdd = 0.5;
+constexpr double kEventsPerLane = 0.08;
 
 // The kernel that runs: by choice, or ("auto") the one whose estimated time is the least.
 inline SparseKernel choose_kernel(SparseKernel kernel, int64_t spikes, int64_t M, const SparseView& v) {
