@@ -461,11 +461,12 @@ constexpr double kSparseDensity = 0.25;
 enum class SparseKernel { automatic, sliced, scatter, dense };
 
 // Time estimates (relative, from the cost of each kernel's inner step): the bit-sliced kernel per non-zero code and
-// block of rows and per result; the scatter kernel per scattered addition; the event-driven kernel of the dense
-// layout per int8 lane added.
+// block of rows and per result; the scatter kernel per scattered addition and per result (clearing and finishing
+// its rows of sums); the event-driven kernel of the dense layout per int8 lane added.
 constexpr double kSlicedPerCode = 0.9;
 constexpr double kSlicedPerResult = 2.0;
 constexpr double kScatterPerAdd = 0.5;
+constexpr double kScatterPerResult = 1.0;
 constexpr double kEventsPerLane = 0.08;
 
 // The kernel that runs: by choice, or ("auto") the one whose estimated time is the least.
@@ -473,7 +474,7 @@ inline SparseKernel choose_kernel(SparseKernel kernel, int64_t spikes, int64_t M
   if (kernel != SparseKernel::automatic) return kernel;
   const double per_input = v.K > 0 ? static_cast<double>(v.nnz) / static_cast<double>(v.K) : 0.0;
   const double blocks = static_cast<double>((M + kBlockRows - 1) / kBlockRows), N = static_cast<double>(v.N);
-  const double scatter = kScatterPerAdd * static_cast<double>(spikes) * per_input;
+  const double scatter = kScatterPerAdd * static_cast<double>(spikes) * per_input + kScatterPerResult * M * N;
   const double sliced = kSlicedPerCode * blocks * static_cast<double>(v.nnz) + kSlicedPerResult * M * N;
   const double events = kEventsPerLane * static_cast<double>(spikes) * N;
   if (sliced <= scatter && sliced <= events) return SparseKernel::sliced;
