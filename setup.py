@@ -15,7 +15,7 @@ setup(
     packages=(find_packages(include=["tna_kernels", "tna_kernels.*"]) + ["tna_kernels.csrc"]
               + find_packages("python", include=["tna", "tna.*"])),
     package_dir={"tna_kernels.csrc": "csrc", "tna": "python/tna"},
-    package_data={"tna_kernels.csrc": ["*.cpp"]},
+    package_data={"tna_kernels.csrc": ["*.cpp", "*.h"]},
     install_requires=["torch>=2.4", "triton>=3.0; platform_system == 'Linux'", "numpy", "tqdm", "ninja"],
     extras_require={
         "train": TRAIN,

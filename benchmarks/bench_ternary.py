@@ -8,7 +8,10 @@ spikes of a spiking ResNet layer (input [64, 128, 16, 16] with T*B folded, 3x3 c
 padding 1) against ``F.conv2d`` in float32 and bfloat16. Then a spike-rate sweep of the frozen layers
 (cached layout; M=256 for the linear layer, the same conv layer) at rates from 2 % to 60 %: the kernel
 chosen per call ("auto"), the dense bit-plane kernel and the event-driven kernel forced, against F.linear /
-F.conv2d in float32 on the same input.
+F.conv2d in float32 on the same input. Then pruned frozen linear layers (M=256, K=N=4096, 10 % spikes): the usual
+TWN codes (weight sparsity 0) and codes +-1 at random places with 50 % to 99 % of the weights pruned to 0, each run
+as a frozen ``TernaryLinear`` (its cached layout is the sparse one where the weight is sparse enough), with the
+speedup of the pruned layer over the unpruned one.
 GPU (when CUDA is present): the Triton kernels at K = N in {4096, 8192}, M in {1, 16, 256, 1024, 4096},
 on bfloat16 spikes and bfloat16 real input, against cuBLAS (``F.linear`` in bfloat16 and in float32,
 PyTorch's default precision), and 3x3 conv layers (T*B = 256, C = O in {128, 256}, 32x32 and 16x16,
@@ -77,6 +80,12 @@ SPEED_GOALS = [
      "cuda", "conv2d", ("spikes",), "bf16", lambda shape: True, 1.0),
 ]
 MEMORY_GOAL = ("packed weights (with scales) at least 15x smaller than float32", 15.0)
+PRUNE_SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
+"""CPU: the weight sparsities (share of codes 0) of the pruned frozen layers; 0 is the unpruned TWN weight."""
+PRUNE_RATE = 0.1
+PRUNE_GOAL = ("CPU: frozen linear (M=256, 10% spikes) at 90% weight sparsity at least 3x faster than unpruned", 0.9,
+              3.0)
+"""(goal, weight sparsity, least speedup over the unpruned layer)."""
 RATE_GOALS = [
     # (goal, layer, least ratio of the time at 20 % spikes to the time at 5 %)
     ("CPU: frozen linear (M=256) on 5% spikes at least 2.5x faster than on 20%", "linear", 2.5),
@@ -286,6 +295,57 @@ def rate_sweep(quick: bool) -> list:
     return rows
 
 
+def _pruned_layer(codes, scale, sparsity: float, gen) -> torch.nn.Module:
+    """A frozen spike-input ``TernaryLinear`` without bias: ``codes`` (sparsity 0) or codes +-1 at random places of
+    share ``1 - sparsity``, 0 elsewhere, with ``scale``."""
+    if sparsity > 0:
+        keep = torch.rand(codes.shape, generator=gen) >= sparsity
+        signs = torch.where(torch.rand(codes.shape, generator=gen) < 0.5, 1, -1)
+        codes = torch.where(keep, signs, 0).to(torch.int8)
+    n, k = codes.shape
+    layer = tna_kernels.nn.TernaryLinear(k, n, bias=False, spikes=True).freeze()
+    layer.packed.copy_(tna_kernels.pack_ternary(codes))
+    layer.scale.copy_(scale)
+    return layer
+
+
+def prune_sweep(quick: bool) -> list:
+    """Rows (sparsity, density, layout, ms, speedup_vs_unpruned) of pruned frozen linear layers on the same spikes."""
+    from tna_kernels.ops.ternary.op import is_sparse_layout
+
+    k = LINEAR["cpu"][0][0]
+    gen = torch.Generator().manual_seed(1)
+    codes, scale = tna_kernels.ternarize(torch.randn((k, k), generator=gen))
+    x = (torch.rand((SWEEP_M, k), generator=gen) < PRUNE_RATE).float()
+    sparsities = (0.0, PRUNE_GOAL[1]) if quick else PRUNE_SPARSITIES
+    layers, rows = {}, []
+    with torch.no_grad():
+        for sparsity in sparsities:
+            layer = _pruned_layer(codes, scale, sparsity, gen)
+            if not torch.equal(layer(x), ternary_linear_reference(x, layer.packed, layer.scale, spikes=True)):
+                raise AssertionError(f"the frozen layer at weight sparsity {sparsity} differs from the exact reference")
+            layers[sparsity] = layer
+        times = {sparsity: [] for sparsity in layers}
+        for _ in range(timing_rounds("cpu", quick)):
+            for sparsity, layer in layers.items():
+                times[sparsity].append(time_ms(partial(layer, x), "cpu", quick))
+    base = statistics.median(times[0.0])
+    for sparsity, layer in layers.items():
+        ms = statistics.median(times[sparsity])
+        density = torch.ops.tna_cpp.ternary_code_density(layer.packed, k)
+        rows.append(dict(layer="linear", case=f"M={SWEEP_M} K={k} N={k}", rate=PRUNE_RATE, sparsity=sparsity,
+                         density=density, layout="sparse" if is_sparse_layout(layer._layout) else "dense", ms=ms,
+                         speedup_vs_unpruned=base / ms))
+    return rows
+
+
+def prune_goals(pruned) -> list:
+    """The pruning goal: the unpruned layer's time over the pruned one's at the goal's sparsity."""
+    goal, sparsity, target = PRUNE_GOAL
+    value = next((r["speedup_vs_unpruned"] for r in pruned if r["sparsity"] == sparsity), None)
+    return [dict(goal=goal, target=target, value=value, met=None if value is None else value >= target)]
+
+
 def rate_goals(sweep) -> list:
     """The spike-rate goals: the frozen layer's time at 20 % spikes over its time at 5 %."""
     result = []
@@ -349,6 +409,19 @@ def markdown(result) -> str:
         for r in result["sweep"]:
             lines.append(f"| {r['layer']} | {r['rate']:.0%} | {r['impl']} | {r['ms']:.3f} | "
                          f"{r['speedup_vs_fp32']:.2f}x |")
+    if result.get("pruned"):
+        first = result["pruned"][0]
+        lines += [
+            "",
+            f"Pruned frozen linear layers ({first['case']}, {first['rate']:.0%} spikes): weight sparsity 0 is the TWN "
+            "weight, the others codes +-1 at random places; the layout is the one the frozen module cached:",
+            "",
+            "| weight sparsity | non-zero codes | layout | time (ms) | unpruned / pruned |",
+            "|---:|---:|---|---:|---:|",
+        ]
+        for r in result["pruned"]:
+            lines.append(f"| {r['sparsity']:.0%} | {r['density']:.1%} | {r['layout']} | {r['ms']:.3f} | "
+                         f"{r['speedup_vs_unpruned']:.2f}x |")
     lines += ["", "Goals:"]
     lines += goal_lines(result["goals"])
     return "\n".join(lines) + "\n"
@@ -368,6 +441,7 @@ def main(argv=None):
     jobs += [partial(_conv_job, args.device, input_shape, weight_shape) for input_shape, weight_shape in convs]
     rows, weights = bench(args.device, jobs, args.quick)
     sweep = rate_sweep(args.quick) if args.device == "cpu" else []
+    pruned = prune_sweep(args.quick) if args.device == "cpu" else []
     result = dict(
         benchmark="ternary",
         device=device_name(args.device),
@@ -379,8 +453,9 @@ def main(argv=None):
         spike_rate=SPIKE_RATE,
         rows=rows,
         sweep=sweep,
+        pruned=pruned,
         weights=weights,
-        goals=goals(args.device, rows, weights) + rate_goals(sweep),
+        goals=goals(args.device, rows, weights) + rate_goals(sweep) + (prune_goals(pruned) if pruned else []),
     )
     write_results("ternary", result, markdown(result), args)
 

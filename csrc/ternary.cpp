@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "ternary_common.h"
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -37,7 +39,7 @@
 
 namespace {
 
-constexpr int64_t kCodesPerWord = 16;
+using namespace tna_cpu;
 
 // The 16 even bits of x (bits 0, 2, ..., 30) packed into the low 16 bits.
 inline uint32_t even_bits(uint32_t x) {
@@ -72,64 +74,6 @@ void to_bit_planes(const int32_t* packed, int64_t N, int64_t W16, uint64_t* plus
   });
 }
 
-// The spike bits of x[0 .. n) (bit i set where x[i] != 0, n <= 64); a bit of `bad` is set where some x[i] is
-// neither 0 nor 1.
-template <typename T>
-inline uint64_t spike_word(const T* x, int64_t n, uint64_t& bad) {
-  uint64_t word = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = static_cast<float>(x[i]);
-    const uint64_t nonzero = v != 0.0f;
-    bad |= nonzero & static_cast<uint64_t>(v != 1.0f);
-    word |= nonzero << i;
-  }
-  return word;
-}
-
-#if defined(__AVX2__)
-// float32: eight lanes a compare.
-template <>
-inline uint64_t spike_word<float>(const float* x, int64_t n, uint64_t& bad) {
-  if (n < 64) {
-    uint64_t word = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t nonzero = x[i] != 0.0f;
-      bad |= nonzero & static_cast<uint64_t>(x[i] != 1.0f);
-      word |= nonzero << i;
-    }
-    return word;
-  }
-  uint64_t word = 0, wrong = 0;
-  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-  for (int i = 0; i < 8; ++i) {
-    const __m256 v = _mm256_loadu_ps(x + 8 * i);
-    const auto nonzero = static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ)));
-    const auto ones = static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, one, _CMP_EQ_OQ)));
-    word |= nonzero << (8 * i);
-    wrong |= nonzero & ~ones;
-  }
-  bad |= wrong;
-  return word;
-}
-#endif
-
-// Bit rows [M, W64p] of x (nonzero -> 1). Returns false if some element is neither 0 nor 1.
-template <typename T>
-bool to_bit_rows(const T* x, int64_t M, int64_t K, uint64_t* bits, int64_t W64p) {
-  std::atomic<bool> ok{true};
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    uint64_t bad = 0;
-    for (int64_t m = m0; m < m1; ++m) {
-      const T* row = x + m * K;
-      for (int64_t w = 0; w < W64p; ++w) {
-        const int64_t k0 = 64 * w;
-        bits[m * W64p + w] = k0 < K ? spike_word(row + k0, std::min<int64_t>(64, K - k0), bad) : 0;
-      }
-    }
-    if (bad != 0) ok = false;
-  });
-  return ok;
-}
 
 // acc_p[i][j] = sum popcount(x_i & plus_j), acc_n likewise with minus, for an MR x NR tile.
 template <int MR, int NR>
@@ -173,52 +117,6 @@ inline void popcount_tile(const uint64_t* const* xr, const uint64_t* const* pr, 
     }
 }
 
-// Where spike results go: y[m * ldm + n * ldn] for row m and column n, finished in float32 as in the
-// reference with scale[n] (symmetric) or scale[n] and scale[ldscale + n] (asymmetric [2, N] scale,
-// ldscale = N), then + bias[n] (bias may be null).
-template <typename Out>
-struct SpikeOutput {
-  const float* scale;
-  bool asymmetric;
-  int64_t ldscale;
-  const float* bias;
-  Out* y;
-  int64_t ldm, ldn;
-
-  // Column n's output from the counts of the inputs that meet code 1 (acc_p) and code -1 (acc_n).
-  Out value(int64_t n, int64_t acc_p, int64_t acc_n) const {
-    float v;
-    if (asymmetric) {
-      v = static_cast<float>(acc_p) * scale[n] - static_cast<float>(acc_n) * scale[ldscale + n];
-    } else {
-      v = static_cast<float>(acc_p - acc_n) * scale[n];
-    }
-    if (bias != nullptr) v = v + bias[n];
-    return static_cast<Out>(v);
-  }
-
-  void store(int64_t m, int64_t n, int64_t acc_p, int64_t acc_n) const {
-    y[m * ldm + n * ldn] = value(n, acc_p, acc_n);
-  }
-
-  // Rows m0 .. m1 - 1 and columns n0 .. n1 - 1 from the sums of the codes, (m, n) at sums[(m - m0) * ld + n - n0],
-  // and, for an asymmetric scale, of their absolute values (abs_sums, likewise; then acc_p = (abs + sum) / 2
-  // and acc_n = (abs - sum) / 2): as store, in the order that writes y contiguously.
-  void store_sums(int64_t m0, int64_t m1, int64_t n0, int64_t n1, const int32_t* sums, const int32_t* abs_sums,
-                  int64_t ld) const {
-    auto at = [&](int64_t m, int64_t n) {
-      const int64_t i = (m - m0) * ld + n - n0;
-      return asymmetric ? value(n, (abs_sums[i] + sums[i]) / 2, (abs_sums[i] - sums[i]) / 2) : value(n, sums[i], 0);
-    };
-    if (ldn == 1) {
-      for (int64_t m = m0; m < m1; ++m)
-        for (int64_t n = n0; n < n1; ++n) y[m * ldm + n] = at(m, n);
-    } else {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m = m0; m < m1; ++m) y[m * ldm + n * ldn] = at(m, n);
-    }
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Event-driven spike kernels: each input that spiked adds its column of codes to the outputs, so the cost
@@ -442,29 +340,6 @@ void event_linear(const int8_t* tiles, int64_t K, int64_t N, const std::vector<i
       }
     });
   });
-}
-
-void check_weights(const at::Tensor& packed, const at::Tensor& scale, int64_t K, const char* op) {
-  TORCH_CHECK(packed.device().is_cpu() && scale.device().is_cpu(), op, ": packed and scale must be CPU tensors");
-  TORCH_CHECK(packed.scalar_type() == at::kInt && packed.dim() == 2 && packed.is_contiguous(), op,
-              ": packed must be a contiguous int32 tensor [N, ceil(K/16)], got ", packed.scalar_type(), " ",
-              packed.sizes());
-  const int64_t N = packed.size(0);
-  TORCH_CHECK(packed.size(1) == (K + kCodesPerWord - 1) / kCodesPerWord, op, ": packed has ", packed.size(1),
-              " words per row, but K = ", K, " inputs need ", (K + kCodesPerWord - 1) / kCodesPerWord);
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() &&
-                  ((scale.dim() == 1 && scale.size(0) == N) || (scale.dim() == 2 && scale.size(0) == 2 && scale.size(1) == N)),
-              op, ": scale must be a contiguous float32 tensor [N] or [2, N] with N = ", N, ", got ",
-              scale.scalar_type(), " ", scale.sizes());
-}
-
-void check_bias(const std::optional<at::Tensor>& bias, int64_t N, const char* op) {
-  if (!bias.has_value()) return;
-  const auto& b = *bias;
-  TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == at::kFloat && b.dim() == 1 && b.size(0) == N &&
-                  b.is_contiguous(),
-              op, ": bias must be a contiguous float32 CPU tensor [", N, "], got ", b.scalar_type(), " ",
-              b.sizes());
 }
 
 // Words of 64 codes per bit-plane row for K inputs: whole 512-bit vectors, zero padded.

@@ -32,7 +32,7 @@ from typing import Optional
 # -ffp-contract=off: no fused multiply-add, so float32 results equal the PyTorch reference bit for bit.
 _CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
 
-_SOURCES = ("lif.cpp", "ternary.cpp", "pool.cpp", "isa.cpp")
+_SOURCES = ("lif.cpp", "ternary.cpp", "ternary_sparse.cpp", "pool.cpp", "isa.cpp")
 
 ISA_LEVELS = ("avx512", "avx2", "portable")
 """The levels ``TNA_CPU_ISA`` accepts, best first."""

@@ -53,6 +53,8 @@ def _linear_forward(backend: str, x: Tensor, packed: Tensor, scale: Tensor, bias
     if backend == "torch":
         return ternary_linear_reference(x, packed, scale, bias, spikes)
     if backend == "cpp":
+        if is_spike_input(x, spikes) and is_sparse_layout(layout):
+            return _cpp_spikes(torch.ops.tna_cpp.ternary_linear_sparse_spikes, x, packed, scale, bias, layout, "auto")
         if is_spike_input(x, spikes):
             return _cpp_spikes(torch.ops.tna_cpp.ternary_linear_spikes, x, packed, scale, bias, layout, "auto")
         return torch.ops.tna_cpp.ternary_linear_dense(x.float(), packed, scale, bias).to(x.dtype)
@@ -315,12 +317,40 @@ def ternary_conv2d(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tens
                              bool(spikes), backend)
 
 
-def linear_cpu_layout(packed: Tensor, k: int) -> Tensor:
-    """The packed linear weight ``[N, ceil(k/16)]`` (CPU) re-laid out as the C++ spike kernels read it: an
-    opaque int64 ``[P]`` holding the +1 / -1 bit-planes (for the dense kernel) and the int8 code columns (for
-    the event-driven kernel). Pass it as ``layout`` to ``ternary_linear`` while ``packed`` stays unchanged;
-    needs the C++ extension."""
-    return _cpp_ops("linear_cpu_layout").ternary_linear_layout(packed.contiguous(), k)
+SPARSE_LAYOUT_MAX_FEATURES = 65536
+"""The most inputs and outputs a sparse CPU layout can index (its indices are uint16)."""
+
+
+def linear_cpu_layout(packed: Tensor, k: int, form: str = "auto") -> Tensor:
+    """The packed linear weight ``[N, ceil(k/16)]`` (CPU) re-laid out as the C++ spike kernels read it. Pass it as
+    ``layout`` to ``ternary_linear`` while ``packed`` stays unchanged; needs the C++ extension.
+
+    ``form``:
+        "dense": an opaque int64 ``[P]`` holding the +1 / -1 bit-planes (for the dense kernel) and the int8 code
+            columns (for the event-driven kernel).
+        "sparse": an opaque int32 ``[P]`` holding, besides the dense form, the lists of the non-zero codes by
+            output and by input, for the bit-sliced and scatter kernels of pruned weights (k and N at most
+            ``SPARSE_LAYOUT_MAX_FEATURES``).
+        "auto": "sparse" where the share of non-zero codes is at most ``torch.ops.tna_cpp.ternary_sparse_density()``
+            and the sizes allow it, else "dense". A frozen module's layout is made this way, so that a pruned
+            layer runs the sparse kernels by itself.
+    """
+    if form not in ("auto", "dense", "sparse"):
+        raise ValueError(f"form must be 'auto', 'dense' or 'sparse', got {form!r}")
+    ops = _cpp_ops("linear_cpu_layout")
+    packed = packed.contiguous()
+    if form == "auto":
+        fits = max(k, packed.shape[0]) <= SPARSE_LAYOUT_MAX_FEATURES
+        sparse = fits and ops.ternary_code_density(packed, k) <= ops.ternary_sparse_density()
+        form = "sparse" if sparse else "dense"
+    if form == "sparse":
+        return ops.ternary_linear_sparse_layout(packed, k)
+    return ops.ternary_linear_layout(packed, k)
+
+
+def is_sparse_layout(layout: Optional[Tensor]) -> bool:
+    """Whether ``layout`` is a sparse CPU layout (``linear_cpu_layout(..., form="sparse")``)."""
+    return layout is not None and layout.dtype == torch.int32
 
 
 def conv2d_cpu_layout(packed: Tensor, in_channels: int, groups: int, kernel_size) -> Tensor:

@@ -1,0 +1,550 @@
+// Pruned ternary linear layers on spike input: a sparse CPU layout of the packed weight and its two exact kernels.
+//
+// A pruned weight (most codes 0) is kept as lists of its non-zero codes, in both directions (the sparse layout):
+// - by output: for output n, the inputs whose code is +1, then those whose code is -1 (each list ascending);
+// - by input: for input k, the outputs whose code is +1, then those whose code is -1.
+// Indices are uint16, so K and N are at most 65536. The layout also holds the dense one of ternary.cpp (bit-planes and
+// int8 code columns) for few rows. Three exact kernels read it, chosen per call (see choose_kernel):
+// - bit-sliced: the spikes of a block of 256 rows become one 256-bit word per input (bit r set where row r spiked).
+//   For each output, the words of the inputs on its +1 list are added lane by lane with carry-save adders
+//   (Harley-Seal: ones, twos, fours and eights, then a ripple counter of sixteens) into bit-sliced counters of
+//   256 lanes, and likewise its -1 list; the counters become one integer per row at the end. A non-zero weight
+//   costs a few vector operations per block of rows, whatever the spike rate.
+// - scatter: each spike of a row adds 1 to the sums of its input's +1 outputs and subtracts 1 from those of its -1
+//   outputs: the cost is (spikes x non-zero codes per input), the kernel for few rows and very sparse weights.
+// - the dense layout's kernels (ternary_linear_spikes), whose event-driven one adds a whole int8 column per spike:
+//   for few rows it beats the scatter kernel unless the weight is very sparse.
+// Both count exactly in integers and finish in float32 as the dense and event kernels of ternary.cpp do.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "ternary_common.h"
+
+namespace {
+
+using namespace tna_cpu;
+
+constexpr int32_t kSparseMagic = 0x54535031;  // "TSP1": the first word of a sparse layout
+constexpr int64_t kHeaderWords = 8;           // magic, K, N, non-zero codes, dense part's offset, then zeros
+constexpr int64_t kMaxIndex = 65536;          // uint16 indices: K and N at most this
+constexpr int64_t kMaxPlanes = 17;            // bits of a count of at most kMaxIndex codes
+
+// The code of input k in packed row `row` (the format's bit pairs: 2 -> +1, 0 -> -1, 1 -> 0).
+inline int code_at(const int32_t* row, int64_t k) {
+  const uint32_t pair = (static_cast<uint32_t>(row[k / kCodesPerWord]) >> (2 * (k % kCodesPerWord))) & 3u;
+  return pair == 2u ? 1 : (pair == 0u ? -1 : 0);
+}
+
+// The parts of a sparse layout (int32 [P]): the header [kHeaderWords], the starts [N + 1] and the +1 / -1 splits
+// [N] of the lists by output, then those [K + 1] and [K] of the lists by input, then the input indices of the lists
+// by output (uint16 [nnz], padded to whole int32 words), then the output indices of the lists by input, then (from
+// header word 4, see sparse_layout_words) the dense layout (ternary_linear_layout: int64 words, two int32 words each).
+struct SparseView {
+  int64_t K, N, nnz;
+  const int32_t *out_start, *out_split, *in_start, *in_split;
+  const uint16_t *out_index, *in_index;
+};
+
+// The int32 words before the dense part: whole 64-byte lines, so that the dense part keeps the alignment of the
+// tensor's start (its code columns are read a vector at a time).
+inline int64_t sparse_layout_words(int64_t K, int64_t N, int64_t nnz) {
+  return (kHeaderWords + 2 * N + 1 + 2 * K + 1 + 2 * ((nnz + 1) / 2) + 15) / 16 * 16;
+}
+
+SparseView view_layout(const int32_t* words) {
+  SparseView v{words[1], words[2], words[3]};
+  const int32_t* p = words + kHeaderWords;
+  v.out_start = p, v.out_split = p + v.N + 1, p += 2 * v.N + 1;
+  v.in_start = p, v.in_split = p + v.K + 1, p += 2 * v.K + 1;
+  v.out_index = reinterpret_cast<const uint16_t*>(p);
+  v.in_index = v.out_index + 2 * ((v.nnz + 1) / 2);
+  return v;
+}
+
+// The counts of +1 and -1 codes of packed rows [N, W16] of K codes, per output (by_output) or per input.
+void count_codes(const int32_t* packed, int64_t N, int64_t K, bool by_output, std::vector<int64_t>& plus,
+                 std::vector<int64_t>& minus) {
+  const int64_t W16 = (K + kCodesPerWord - 1) / kCodesPerWord;
+  plus.assign(by_output ? N : K, 0);
+  minus.assign(by_output ? N : K, 0);
+  if (by_output) {
+    at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const int c = code_at(packed + n * W16, k);
+          plus[n] += c == 1, minus[n] += c == -1;
+        }
+    });
+    return;
+  }
+  at::parallel_for(0, W16, 16, [&](int64_t w0, int64_t w1) {  // a task owns the inputs of its words
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = w0 * kCodesPerWord; k < std::min(K, w1 * kCodesPerWord); ++k) {
+        const int c = code_at(packed + n * W16, k);
+        plus[k] += c == 1, minus[k] += c == -1;
+      }
+  });
+}
+
+// starts [L + 1] and splits [L] of L lists of plus[l] then minus[l] entries; returns the total.
+int64_t list_bounds(const std::vector<int64_t>& plus, const std::vector<int64_t>& minus, int32_t* start,
+                    int32_t* split) {
+  int64_t total = 0;
+  for (size_t l = 0; l < plus.size(); ++l) {
+    start[l] = static_cast<int32_t>(total);
+    split[l] = static_cast<int32_t>(total + plus[l]);
+    total += plus[l] + minus[l];
+  }
+  start[plus.size()] = static_cast<int32_t>(total);
+  return total;
+}
+
+// Fill the index lists of both directions (bounds already set).
+void fill_lists(const int32_t* packed, const SparseView& v) {
+  const int64_t K = v.K, N = v.N, W16 = (K + kCodesPerWord - 1) / kCodesPerWord;
+  auto* out_index = const_cast<uint16_t*>(v.out_index);
+  auto* in_index = const_cast<uint16_t*>(v.in_index);
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      int64_t p = v.out_start[n], m = v.out_split[n];
+      for (int64_t k = 0; k < K; ++k) {
+        const int c = code_at(packed + n * W16, k);
+        if (c == 1) out_index[p++] = static_cast<uint16_t>(k);
+        if (c == -1) out_index[m++] = static_cast<uint16_t>(k);
+      }
+    }
+  });
+  at::parallel_for(0, W16, 16, [&](int64_t w0, int64_t w1) {
+    const int64_t k0 = w0 * kCodesPerWord, k1 = std::min(K, w1 * kCodesPerWord);
+    std::vector<int64_t> p(v.in_start + k0, v.in_start + k1), m(v.in_split + k0, v.in_split + k1);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = k0; k < k1; ++k) {
+        const int c = code_at(packed + n * W16, k);
+        if (c == 1) in_index[p[k - k0]++] = static_cast<uint16_t>(n);
+        if (c == -1) in_index[m[k - k0]++] = static_cast<uint16_t>(n);
+      }
+  });
+}
+
+void check_packed(const at::Tensor& packed, int64_t K, const char* op) {
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kInt && packed.dim() == 2 &&
+                  packed.is_contiguous() && K >= 0 && packed.size(1) == (K + kCodesPerWord - 1) / kCodesPerWord,
+              op, ": packed must be a contiguous int32 CPU tensor [N, ceil(K/16)] with K = ", K, ", got ",
+              packed.scalar_type(), " ", packed.sizes());
+}
+
+// The share of non-zero codes of a packed linear weight [N, ceil(K/16)] (0 for an empty one).
+double ternary_code_density(const at::Tensor& packed, int64_t K) {
+  check_packed(packed, K, "ternary_code_density");
+  std::vector<int64_t> plus, minus;
+  count_codes(packed.data_ptr<int32_t>(), packed.size(0), K, true, plus, minus);
+  int64_t nnz = 0;
+  for (size_t n = 0; n < plus.size(); ++n) nnz += plus[n] + minus[n];
+  const double codes = static_cast<double>(packed.size(0)) * static_cast<double>(K);
+  return codes > 0 ? static_cast<double>(nnz) / codes : 0.0;
+}
+
+// The sparse layout (int32 [P], see SparseView) of a packed linear weight [N, ceil(K/16)] with K, N <= 65536: a
+// cache for a weight that does not change, read by ternary_linear_sparse_spikes.
+at::Tensor ternary_linear_sparse_layout(const at::Tensor& packed, int64_t K) {
+  check_packed(packed, K, "ternary_linear_sparse_layout");
+  const int64_t N = packed.size(0);
+  TORCH_CHECK(K <= kMaxIndex && N <= kMaxIndex, "ternary_linear_sparse_layout: K and N must be at most ", kMaxIndex,
+              ", got K = ", K, ", N = ", N);
+  const int32_t* codes = packed.data_ptr<int32_t>();
+  std::vector<int64_t> out_plus, out_minus, in_plus, in_minus;
+  count_codes(codes, N, K, true, out_plus, out_minus);
+  count_codes(codes, N, K, false, in_plus, in_minus);
+  int64_t nnz = 0;
+  for (int64_t n = 0; n < N; ++n) nnz += out_plus[n] + out_minus[n];
+  TORCH_CHECK(nnz <= INT32_MAX, "ternary_linear_sparse_layout: ", nnz, " non-zero codes do not fit int32 offsets");
+  const at::Tensor dense = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("tna_cpp::ternary_linear_layout", "")
+                               .typed<at::Tensor(const at::Tensor&, int64_t)>()
+                               .call(packed, K);
+  const int64_t sparse_words = sparse_layout_words(K, N, nnz);
+  at::Tensor layout = at::zeros({sparse_words + 2 * dense.numel()}, packed.options());
+  layout.narrow(0, sparse_words, 2 * dense.numel()).view(at::kLong).copy_(dense);
+  int32_t* words = layout.data_ptr<int32_t>();
+  words[0] = kSparseMagic, words[1] = static_cast<int32_t>(K), words[2] = static_cast<int32_t>(N);
+  words[3] = static_cast<int32_t>(nnz), words[4] = static_cast<int32_t>(sparse_words);
+  const SparseView v = view_layout(words);
+  list_bounds(out_plus, out_minus, const_cast<int32_t*>(v.out_start), const_cast<int32_t*>(v.out_split));
+  list_bounds(in_plus, in_minus, const_cast<int32_t*>(v.in_start), const_cast<int32_t*>(v.in_split));
+  fill_lists(codes, v);
+  return layout;
+}
+
+// The view of a sparse layout, checked to be one made for K inputs and N outputs (its dense part is checked by
+// ternary_linear_spikes where used).
+SparseView checked_layout(const at::Tensor& layout, int64_t K, int64_t N) {
+  const char* what = "ternary_linear_sparse_spikes: layout must be the int32 CPU tensor of "
+                     "ternary_linear_sparse_layout made from this packed weight";
+  TORCH_CHECK(layout.device().is_cpu() && layout.scalar_type() == at::kInt && layout.dim() == 1 &&
+                  layout.is_contiguous() && layout.size(0) >= kHeaderWords,
+              what, ", got ", layout.scalar_type(), " ", layout.sizes());
+  const int32_t* words = layout.data_ptr<int32_t>();
+  TORCH_CHECK(words[0] == kSparseMagic && words[1] == K && words[2] == N && words[3] >= 0 &&
+                  words[4] == sparse_layout_words(K, N, words[3]) && layout.size(0) > words[4],
+              what, " (K = ", K, ", N = ", N, ")");
+  return view_layout(words);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bit-sliced kernel
+// ---------------------------------------------------------------------------------------------
+typedef uint64_t u64x4 __attribute__((vector_size(32)));
+
+constexpr int64_t kBlockRows = 256;  // rows per block: the lanes of a u64x4
+constexpr int64_t kTaskOutputs = 16;  // outputs per task: a row of their results fills a cache line
+
+// high:low = a + b + c, lane by lane (a carry-save adder).
+inline void csa(u64x4& high, u64x4& low, u64x4 a, u64x4 b, u64x4 c) {
+  const u64x4 u = a ^ b;
+  high = (a & b) | (u & c);
+  low = u ^ c;
+}
+
+// planes[from .. to) += x, as a binary number per lane.
+inline void ripple(u64x4* planes, int from, int to, u64x4 x) {
+  for (int l = from; l < to; ++l) {
+    const u64x4 carry = planes[l] & x;
+    planes[l] ^= x;
+    x = carry;
+  }
+}
+
+// ones, twos, fours += the words cols[at[0 .. 8)] ^ flip, carry-save; returns the carry into the eights.
+inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols, const uint16_t* at, u64x4 flip) {
+  u64x4 twos_a, twos_b, fours_a, fours_b, eights;
+  csa(twos_a, ones, ones, cols[at[0]] ^ flip, cols[at[1]] ^ flip);
+  csa(twos_b, ones, ones, cols[at[2]] ^ flip, cols[at[3]] ^ flip);
+  csa(fours_a, twos, twos, twos_a, twos_b);
+  csa(twos_a, ones, ones, cols[at[4]] ^ flip, cols[at[5]] ^ flip);
+  csa(twos_b, ones, ones, cols[at[6]] ^ flip, cols[at[7]] ^ flip);
+  csa(fours_b, twos, twos, twos_a, twos_b);
+  csa(eights, fours, fours, fours_a, fours_b);
+  return eights;
+}
+
+// planes[0 .. P) = the lane-wise count of the words cols[first[0 .. n1)] and of the inverted words
+// ~cols[second[0 .. n2)] (second: null or n2 = 0 for none), as binary numbers (plane l: bit l); returns P, the
+// planes up to the highest one not zero in every lane (planes[0 .. max(bits of n1 + n2, 4)) are written). With the
+// inverted words, a lane counts the +1 codes met by its spikes plus the -1 codes not met: n2 more than their
+// difference.
+inline int count_lanes(const u64x4* cols, const uint16_t* first, int64_t n1, const uint16_t* second, int64_t n2,
+                       u64x4* planes) {
+  const int64_t n = n1 + n2;
+  const int P = n == 0 ? 0 : 64 - __builtin_clzll(static_cast<uint64_t>(n));
+  const u64x4 zero = {0, 0, 0, 0};
+  for (int l = 0; l < std::max(P, 4); ++l) planes[l] = zero;
+  u64x4 ones = zero, twos = zero, fours = zero, eights = zero;
+  for (const auto& [index, count, flip] : {std::tuple(first, n1, zero), std::tuple(second, n2, ~zero)}) {
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+      const uint16_t* at = index + i;
+      const u64x4 eights_a = add_eight(ones, twos, fours, cols, at, flip);
+      const u64x4 eights_b = add_eight(ones, twos, fours, cols, at + 8, flip);
+      u64x4 sixteens;
+      csa(sixteens, eights, eights, eights_a, eights_b);
+      ripple(planes, 4, P, sixteens);
+    }
+    for (; i < count; ++i) {  // into the carry-save digits, as a binary number with the planes above them
+      const u64x4 word = cols[index[i]] ^ flip;
+      u64x4 carry = ones & word;
+      ones ^= word;
+      u64x4 next = twos & carry;
+      twos ^= carry;
+      carry = fours & next;
+      fours ^= next;
+      next = eights & carry;
+      eights ^= carry;
+      ripple(planes, 4, P, next);
+    }
+  }
+  planes[0] = ones, planes[1] = twos, planes[2] = fours, planes[3] = eights;
+  int top = P;  // fewer planes where no lane reaches the bound n
+  while (top > 0 && (planes[top - 1][0] | planes[top - 1][1] | planes[top - 1][2] | planes[top - 1][3]) == 0) --top;
+  return top;
+}
+
+// Swap the bits of a and b selected by mask << shift in a with those selected by mask in b.
+inline void swap_bits(u64x4& a, u64x4& b, int shift, uint64_t mask) {
+  const u64x4 d = ((a >> shift) ^ b) & mask;
+  a ^= d << shift;
+  b ^= d;
+}
+
+// at[i] |= byte i of word << shift for i < 8 (at[i] = ... where shift is 0).
+inline void widen_bytes(uint64_t word, int shift, int32_t* at) {
+#if defined(__AVX2__)
+  __m256i wide = _mm256_sll_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(word))),
+                                  _mm_cvtsi32_si128(shift));
+  if (shift != 0) wide = _mm256_or_si256(wide, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), wide);
+#else
+  for (int i = 0; i < 8; ++i) {
+    const auto byte = static_cast<int32_t>((word >> (8 * i)) & 255u) << shift;
+    at[i] = shift == 0 ? byte : at[i] | byte;
+  }
+#endif
+}
+
+// counts [kBlockRows] = the lanes of the binary numbers planes[0 .. P) (plane l: bit l; P <= 24), eight planes at a
+// time: in each 64-bit lane, an 8 x 8 byte transpose makes word b hold byte b of the eight planes (rows 8b .. 8b + 7
+// of the lane), and an 8 x 8 bit transpose of that word gives the rows' counts as bytes.
+inline void lane_counts(const u64x4* planes, int P, int32_t* counts) {
+  const u64x4 zero = {0, 0, 0, 0};
+  for (int l0 = 0; l0 < std::max(P, 1); l0 += 8) {
+    u64x4 x[8];
+    for (int t = 0; t < 8; ++t) x[t] = l0 + t < P ? planes[l0 + t] : zero;
+    for (int t = 0; t < 4; ++t) swap_bits(x[t], x[t + 4], 32, 0x00000000FFFFFFFFull);
+    for (int t : {0, 1, 4, 5}) swap_bits(x[t], x[t + 2], 16, 0x0000FFFF0000FFFFull);
+    for (int t : {0, 2, 4, 6}) swap_bits(x[t], x[t + 1], 8, 0x00FF00FF00FF00FFull);
+    for (int b = 0; b < 8; ++b) {
+      u64x4 v = x[b];
+      u64x4 d = (v ^ (v >> 7)) & 0x00AA00AA00AA00AAull;
+      v ^= d ^ (d << 7);
+      d = (v ^ (v >> 14)) & 0x0000CCCC0000CCCCull;
+      v ^= d ^ (d << 14);
+      d = (v ^ (v >> 28)) & 0x00000000F0F0F0F0ull;
+      v ^= d ^ (d << 28);
+      for (int j = 0; j < 4; ++j) widen_bytes(v[j], l0, counts + 64 * j + 8 * b);
+    }
+  }
+}
+
+// cols [blocks, K]: word k of block b has bit r set where row b * kBlockRows + r of bit rows xbits [M, W64p] has bit k.
+std::vector<u64x4> spike_columns(const uint64_t* xbits, int64_t M, int64_t W64p, int64_t K) {
+  const int64_t blocks = (M + kBlockRows - 1) / kBlockRows, W64 = (K + 63) / 64;
+  std::vector<u64x4> cols(blocks * K, u64x4{0, 0, 0, 0});
+  at::parallel_for(0, blocks * W64, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / W64, w = q % W64, m0 = b * kBlockRows, rows = std::min(kBlockRows, M - m0);
+      u64x4* col = cols.data() + b * K + 64 * w;
+      for (int64_t r = 0; r < rows; ++r)
+        for (uint64_t bits = xbits[(m0 + r) * W64p + w]; bits != 0; bits &= bits - 1)
+          col[__builtin_ctzll(bits)][r / 64] |= uint64_t{1} << (r % 64);
+    }
+  });
+  return cols;
+}
+
+// Rows m0 .. m0 + rows - 1 and outputs n0 .. n1 - 1 of y from the counts of their +1 codes met by spikes, row r
+// of output n at plus[(n - n0) * kBlockRows + r], and likewise of their -1 codes (minus): as out.store, one by one.
+template <typename Out>
+void store_counts(const SpikeOutput<Out>& out, int64_t m0, int64_t rows, int64_t n0, int64_t n1, const int32_t* plus,
+                  const int32_t* minus) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t n = n0; n < n1; ++n)
+      out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
+}
+
+#if defined(__AVX2__)
+// float32 output: blocks of 8 outputs x 8 rows finished in vectors along the rows (the same float32 operations as
+// SpikeOutput::value) and transposed to rows of y; the edges as store_counts.
+template <>
+void store_counts<float>(const SpikeOutput<float>& out, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
+                         const int32_t* plus, const int32_t* minus) {
+  const int64_t full_rows = rows / 8 * 8, full_outputs = (n1 - n0) / 8 * 8;
+  for (int64_t g = 0; g < full_outputs; g += 8) {
+    for (int64_t r = 0; r < full_rows; r += 8) {
+      __m256 v[8];
+      for (int t = 0; t < 8; ++t) {
+        const int64_t n = n0 + g + t, at = (g + t) * kBlockRows + r;
+        const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plus + at));
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(minus + at));
+        if (out.asymmetric) {
+          v[t] = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
+                               _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(out.scale[out.ldscale + n])));
+        } else {
+          v[t] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
+        }
+        if (out.bias != nullptr) v[t] = _mm256_add_ps(v[t], _mm256_set1_ps(out.bias[n]));
+      }
+      const __m256 a0 = _mm256_unpacklo_ps(v[0], v[1]), a1 = _mm256_unpackhi_ps(v[0], v[1]);
+      const __m256 a2 = _mm256_unpacklo_ps(v[2], v[3]), a3 = _mm256_unpackhi_ps(v[2], v[3]);
+      const __m256 a4 = _mm256_unpacklo_ps(v[4], v[5]), a5 = _mm256_unpackhi_ps(v[4], v[5]);
+      const __m256 a6 = _mm256_unpacklo_ps(v[6], v[7]), a7 = _mm256_unpackhi_ps(v[6], v[7]);
+      const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+      const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+      const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+      const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+      const __m256 rows8[8] = {
+          _mm256_permute2f128_ps(b0, b4, 0x20), _mm256_permute2f128_ps(b1, b5, 0x20),
+          _mm256_permute2f128_ps(b2, b6, 0x20), _mm256_permute2f128_ps(b3, b7, 0x20),
+          _mm256_permute2f128_ps(b0, b4, 0x31), _mm256_permute2f128_ps(b1, b5, 0x31),
+          _mm256_permute2f128_ps(b2, b6, 0x31), _mm256_permute2f128_ps(b3, b7, 0x31)};
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out.y + (m0 + r + i) * out.ldm + n0 + g, rows8[i]);
+    }
+    for (int64_t r = full_rows; r < rows; ++r)
+      for (int64_t n = n0 + g; n < n0 + g + 8; ++n)
+        out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t n = n0 + full_outputs; n < n1; ++n)
+      out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
+}
+#endif
+
+// y rows of spike bit rows xbits [M, W64p] by the bit-sliced kernel: tasks of one block of rows and kTaskOutputs
+// outputs, a task's neighbours sharing its block.
+template <typename Out>
+void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseView& v, const SpikeOutput<Out>& out) {
+  const int64_t K = v.K, N = v.N, blocks = (M + kBlockRows - 1) / kBlockRows;
+  const int64_t tasks = (N + kTaskOutputs - 1) / kTaskOutputs;
+  const std::vector<u64x4> cols = spike_columns(xbits, M, W64p, K);
+  at::parallel_for(0, blocks * tasks, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<int32_t> plus(kTaskOutputs * kBlockRows), minus(kTaskOutputs * kBlockRows);
+    u64x4 planes[kMaxPlanes + 4];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / tasks, n0 = q % tasks * kTaskOutputs, n1 = std::min(N, n0 + kTaskOutputs);
+      const u64x4* block = cols.data() + b * K;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t start = v.out_start[n], split = v.out_split[n], end = v.out_start[n + 1];
+        int32_t* up = plus.data() + (n - n0) * kBlockRows;
+        int32_t* down = minus.data() + (n - n0) * kBlockRows;
+        if (out.asymmetric) {
+          lane_counts(planes, count_lanes(block, v.out_index + start, split - start, nullptr, 0, planes), up);
+          lane_counts(planes, count_lanes(block, v.out_index + split, end - split, nullptr, 0, planes), down);
+        } else {  // one counter: +1 codes met plus -1 codes not met, less the number of -1 codes
+          lane_counts(planes, count_lanes(block, v.out_index + start, split - start, v.out_index + split, end - split,
+                                          planes), up);
+          std::fill(down, down + kBlockRows, static_cast<int32_t>(end - split));
+        }
+      }
+      store_counts(out, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n0, n1, plus.data(), minus.data());
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scatter kernel
+// ---------------------------------------------------------------------------------------------
+
+// y rows of spike bit rows xbits [M, W64p] by the scatter kernel: per row, integer sums of N outputs (ASYMMETRIC:
+// the +1 and -1 counts apart).
+template <bool ASYMMETRIC, typename Out>
+void scatter_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseView& v, const SpikeOutput<Out>& out) {
+  const int64_t N = v.N;
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    std::vector<int32_t> plus(N), minus(ASYMMETRIC ? N : 0);
+    for (int64_t m = m0; m < m1; ++m) {
+      std::fill(plus.begin(), plus.end(), 0);
+      std::fill(minus.begin(), minus.end(), 0);
+      for (int64_t w = 0; w < W64p; ++w)
+        for (uint64_t bits = xbits[m * W64p + w]; bits != 0; bits &= bits - 1) {
+          const int64_t k = 64 * w + __builtin_ctzll(bits);
+          const int64_t start = v.in_start[k], split = v.in_split[k], end = v.in_start[k + 1];
+          for (int64_t i = start; i < split; ++i) ++plus[v.in_index[i]];
+          int32_t* down = ASYMMETRIC ? minus.data() : plus.data();
+          for (int64_t i = split; i < end; ++i) down[v.in_index[i]] += ASYMMETRIC ? 1 : -1;
+        }
+      for (int64_t n = 0; n < N; ++n) out.store(m, n, plus[n], ASYMMETRIC ? minus[n] : 0);
+    }
+  });
+}
+
+// The share of non-zero codes up to which linear_cpu_layout chooses the sparse layout: there its index lists take at
+// most as much memory as the dense layout they come with, and the bit-sliced kernel outruns the dense layout's
+// kernels on blocks of many rows.
+constexpr double kSparseDensity = 0.25;
+
+enum class SparseKernel { automatic, sliced, scatter, dense };
+
+// Time estimates (relative, from the cost of each kernel's inner step): the bit-sliced kernel per non-zero code and
+// block of rows and per result; the scatter kernel per scattered addition and per result (clearing and finishing
+// its rows of sums); the event-driven kernel of the dense layout per int8 lane added.
+constexpr double kSlicedPerCode = 0.9;
+constexpr double kSlicedPerResult = 2.0;
+constexpr double kScatterPerAdd = 0.5;
+constexpr double kScatterPerResult = 1.0;
+constexpr double kEventsPerLane = 0.08;
+
+// The kernel that runs: by choice, or ("auto") the one whose estimated time is the least.
+inline SparseKernel choose_kernel(SparseKernel kernel, int64_t spikes, int64_t M, const SparseView& v) {
+  if (kernel != SparseKernel::automatic) return kernel;
+  const double per_input = v.K > 0 ? static_cast<double>(v.nnz) / static_cast<double>(v.K) : 0.0;
+  const double blocks = static_cast<double>((M + kBlockRows - 1) / kBlockRows), N = static_cast<double>(v.N);
+  const double scatter = kScatterPerAdd * static_cast<double>(spikes) * per_input + kScatterPerResult * M * N;
+  const double sliced = kSlicedPerCode * blocks * static_cast<double>(v.nnz) + kSlicedPerResult * M * N;
+  const double events = kEventsPerLane * static_cast<double>(spikes) * N;
+  if (sliced <= scatter && sliced <= events) return SparseKernel::sliced;
+  return scatter <= events ? SparseKernel::scatter : SparseKernel::dense;
+}
+
+// y [M, N] = spike rows x [M, K] times the packed ternary weight [N, ceil(K/16)] (scale [N] or [2, N], bias [N]),
+// read from its sparse layout (ternary_linear_sparse_layout(packed, K)); exact, finished in float32 as
+// ternary_linear_spikes. Output dtype: x's if floating point, else float32. `kernel`: "auto", "sliced", "scatter"
+// or "dense" (the dense layout's own choice; see choose_kernel).
+at::Tensor ternary_linear_sparse_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                                        const std::optional<at::Tensor>& bias, const at::Tensor& layout,
+                                        c10::string_view kernel) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(),
+              "ternary_linear: x must be a contiguous 2-D CPU tensor [M, K], got ", x.sizes());
+  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
+  check_weights(packed, scale, K, "ternary_linear");
+  check_bias(bias, N, "ternary_linear");
+  TORCH_CHECK(kernel == "auto" || kernel == "sliced" || kernel == "scatter" || kernel == "dense",
+              "ternary_linear_sparse_spikes: kernel must be 'auto', 'sliced', 'scatter' or 'dense', got '",
+              std::string(kernel), "'");
+  const SparseKernel requested = kernel == "auto"     ? SparseKernel::automatic
+                                 : kernel == "sliced" ? SparseKernel::sliced
+                                 : kernel == "scatter" ? SparseKernel::scatter
+                                                       : SparseKernel::dense;
+  const SparseView v = checked_layout(layout, K, N);
+  const int64_t W64p = (K + 63) / 64;
+  std::vector<uint64_t> xbits(M * W64p);
+  bool ok = true;
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_linear_sparse_spikes",
+                             [&] { ok = to_bit_rows(x.data_ptr<scalar_t>(), M, K, xbits.data(), W64p); });
+  TORCH_CHECK(ok, "ternary_linear: spike input must hold only 0 and 1; found other values");
+  int64_t spikes = 0;
+  for (const uint64_t word : xbits) spikes += __builtin_popcountll(word);
+  const SparseKernel choice = choose_kernel(requested, spikes, M, v);
+  if (choice == SparseKernel::dense) {
+    const int64_t offset = layout.data_ptr<int32_t>()[4];
+    const at::Tensor dense = layout.narrow(0, offset, layout.size(0) - offset).view(at::kLong);
+    return c10::Dispatcher::singleton()
+        .findSchemaOrThrow("tna_cpp::ternary_linear_spikes", "")
+        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                          const std::optional<at::Tensor>&, c10::string_view)>()
+        .call(x, packed, scale, bias, dense, "auto");
+  }
+  const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
+  at::Tensor y = at::empty({M, N}, x.options().dtype(out_dtype));
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  const bool asymmetric = scale.dim() == 2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_linear_sparse_spikes_out", [&] {
+    const SpikeOutput<scalar_t> out{scale.data_ptr<float>(), asymmetric, N, bp, y.data_ptr<scalar_t>(), N, 1};
+    if (choice == SparseKernel::sliced) sliced_linear(xbits.data(), M, W64p, v, out);
+    else if (asymmetric) scatter_linear<true>(xbits.data(), M, W64p, v, out);
+    else scatter_linear<false>(xbits.data(), M, W64p, v, out);
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
+  m.def("ternary_sparse_density() -> float", [] { return kSparseDensity; });
+  m.def("ternary_code_density(Tensor packed, int k) -> float");
+  m.def("ternary_linear_sparse_layout(Tensor packed, int k) -> Tensor");
+  m.def(
+      "ternary_linear_sparse_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor layout, str kernel) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {
+  m.impl("ternary_code_density", &ternary_code_density);
+  m.impl("ternary_linear_sparse_layout", &ternary_linear_sparse_layout);
+  m.impl("ternary_linear_sparse_spikes", &ternary_linear_sparse_spikes);
+}
