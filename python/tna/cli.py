@@ -201,6 +201,13 @@ def prune_parser() -> argparse.ArgumentParser:
     p.description = ("Find lottery tickets: train, prune the least important weights, rewind, repeat (Lottery "
                      "Ticket Rewinding with layer-wise importance). Takes tna-train's flags for the model, data, "
                      "method and precision (one method and precision per search; each seed is its own search).")
+    own_help = {"out": "output folder (default runs/prune-<dataset>)",
+                "resume": "continue the search(es) in OUT (the folder with prune.json) with its saved settings",
+                "seeds": "comma list of seeds, one search each in OUT/seed<s> (default 0: the search is OUT)"}
+    for action in p._actions:
+        if action.dest in own_help:
+            action.help = own_help[action.dest]
+            action.metavar = "OUT" if action.dest == "resume" else action.metavar
     p.add_argument("--importance", type=_list(str),
                    help="comma list of magnitude, l1, l2, softmax, minmax: one ticket search per metric from the "
                         "same seed (default magnitude)")
