@@ -31,8 +31,9 @@ from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from .config import ConfigError, TrainConfig
 from .data import load_dataset
 from .network import build_network, twin_weights
-from .pruning import IMPORTANCES, SCOPES, PrunedRun, full_masks, layer_sparsity, overlap, prunable_layers, prune_step
 from .losses import uses_twin
+from .pruning import IMPORTANCES, SCOPES, PrunedRun, full_masks, layer_sparsity, overlap, prunable_layers, prune_step
+from .report import pyplot
 from .trainer import Trainer
 
 
@@ -184,11 +185,7 @@ def write_summary(out, settings: PruneSettings, reports: dict, masks: dict) -> d
 
 
 def _plots(out: Path, curves: dict, overlaps: dict, pairs: list) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     def accuracy_axes(ax):
         ax.set_xscale("log")
         ax.invert_xaxis()

@@ -164,13 +164,10 @@ def zero_pruned_(model: nn.Module) -> None:
 
 
 def strip_masks_(model: nn.Module) -> nn.Module:
-    """Drop the ``weight_mask`` buffers (the pruned weights stay zero); returns ``model``."""
+    """Drop the masks (the ``weight_mask`` buffers become None; the pruned weights stay zero); returns ``model``."""
     for layer in model.modules():
         if isinstance(layer, WEIGHT_TYPES) and getattr(layer, "weight_mask", None) is not None:
-            if isinstance(layer, (tnn.TernaryLinear, tnn.TernaryConv2d)):
-                layer.weight_mask = None
-            else:
-                del layer.weight_mask
+            layer.weight_mask = None
     return model
 
 

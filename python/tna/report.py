@@ -4,7 +4,7 @@ import statistics
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +48,7 @@ def write_report(run_dir, report: dict, history: list) -> None:
         "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
         + "\n| layer | spike rate |\n|---|---|\n" + "\n".join(layer_rows) + "\n")
 
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train loss")
@@ -200,7 +200,7 @@ def write_comparison(out_dir, reports: list) -> dict:
               + (", ".join(excluded) if excluded else "none") + "."]
     (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(summary) + 2), 4.5))
     labels = list(summary)
     ax.bar(range(len(labels)), [100 * summary[k]["base_mean"] for k in labels],
@@ -241,7 +241,7 @@ def _lambda_sweep(out_dir, reports: list) -> None:
         table[weights] = {"runs": rows, "best_lambda_by_validation":
                           max(chosen, key=lambda row: row["val_mean"])["lambda"] if chosen else None}
     (Path(out_dir) / "lambda_sweep.json").write_text(json.dumps(table, indent=2) + "\n")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for weights, entry in table.items():
         rows = [row for row in entry["runs"] if row["lambda"] > 0]
@@ -270,7 +270,7 @@ def _pareto(out_dir, reports: list) -> None:
                "spike_rate": r["spike_rate"]["mean"], "accuracy": r["test_accuracy"]["base"],
                "energy_uj_per_sample": r["energy_uj_per_sample"]} for r in reports]
     (Path(out_dir) / "pareto.json").write_text(json.dumps(points, indent=2) + "\n")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for series in sorted({(p["method"], p["weights"]) for p in points}):
         members = sorted((p for p in points if (p["method"], p["weights"]) == series), key=lambda p: p["spike_rate"])
