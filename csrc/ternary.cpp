@@ -496,7 +496,7 @@ bool to_pixel_bits(const T* x, const ConvShape& s, uint64_t* bits) {
 void to_conv_bit_planes(const int32_t* packed, int64_t W16, const ConvShape& s, uint64_t* plus, uint64_t* minus) {
   at::parallel_for(0, s.O, 16, [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
-      const int32_t* row = packed + o * W16;
+      const uint32_t* row = reinterpret_cast<const uint32_t*>(packed + o * W16);
       const int64_t g = o / s.Og, n = o % s.Og;
       const int64_t first = ((g * s.Ob + n / kLanes) * s.Wk) * kLanes + n % kLanes;  // word w at first + w * kLanes
       int64_t t = 0, c = 0;  // tap and channel of bit t * Cg + c
@@ -504,9 +504,9 @@ void to_conv_bit_planes(const int32_t* packed, int64_t W16, const ConvShape& s, 
         uint64_t p = 0, m = 0;
         for (int64_t j = 0; j < 64 && t < s.T; ++j) {
           const int64_t k = c * s.T + t;
-          const int code = code_at(row, k);
-          p |= static_cast<uint64_t>(code == 1) << j;
-          m |= static_cast<uint64_t>(code == -1) << j;
+          const uint32_t code = (row[k / kCodesPerWord] >> (2 * (k % kCodesPerWord))) & 3u;
+          p |= static_cast<uint64_t>(code == 2u) << j;
+          m |= static_cast<uint64_t>(code == 0u) << j;
           if (++c == s.Cg) {
             c = 0;
             ++t;
@@ -783,9 +783,9 @@ constexpr int64_t kTileJ = 64;   // output columns per task (four 16-float vecto
 constexpr int64_t kTileR = 256;  // reduction depth per decoded tile
 constexpr int64_t kRowsM = 4;    // rows of a per register block
 
-inline float decode(const int32_t* row, int64_t k, float plus, float minus) {
-  const int code = code_at(row, k);
-  return code == 1 ? plus : (code == -1 ? minus : 0.0f);
+inline float decode(const uint32_t* row, int64_t k, float plus, float minus) {
+  const uint32_t v = (row[k / kCodesPerWord] >> (2 * (k % kCodesPerWord))) & 3u;
+  return v == 2u ? plus : (v == 0u ? minus : 0.0f);
 }
 
 // Fill tile [rlen][kTileJ] (zeros past jlen) with B[r0 + r][j0 + j].
@@ -797,7 +797,7 @@ void fill_tile(float* tile, const int32_t* packed, int64_t W16, const float* sca
       const int64_t n = transposed ? j0 + j : r0 + r;  // weight row
       const int64_t k = transposed ? r0 + r : j0 + j;  // weight column
       const float plus = scale[n], minus = asym ? -scale[N + n] : -scale[n];
-      tile[r * kTileJ + j] = decode(packed + n * W16, k, plus, minus);
+      tile[r * kTileJ + j] = decode(reinterpret_cast<const uint32_t*>(packed + n * W16), k, plus, minus);
     }
   }
 }

@@ -18,12 +18,6 @@ namespace tna_cpu {
 
 constexpr int64_t kCodesPerWord = 16;
 
-// The code (+1, 0 or -1) of input k in packed row `row` (the format's bit pairs: 2 -> +1, 0 -> -1, 1 -> 0).
-inline int code_at(const int32_t* row, int64_t k) {
-  const uint32_t pair = (static_cast<uint32_t>(row[k / kCodesPerWord]) >> (2 * (k % kCodesPerWord))) & 3u;
-  return pair == 2u ? 1 : (pair == 0u ? -1 : 0);
-}
-
 // The spike bits of x[0 .. n) (bit i set where x[i] != 0, n <= 64); a bit of `bad` is set where some x[i] is
 // neither 0 nor 1.
 template <typename T>

@@ -37,6 +37,12 @@ constexpr int64_t kHeaderWords = 8;           // magic, K, N, non-zero codes, de
 constexpr int64_t kMaxIndex = 65536;          // uint16 indices: K and N at most this
 constexpr int64_t kMaxPlanes = 17;            // bits of a count of at most kMaxIndex codes
 
+// The code of input k in packed row `row` (the format's bit pairs: 2 -> +1, 0 -> -1, 1 -> 0).
+inline int code_at(const int32_t* row, int64_t k) {
+  const uint32_t pair = (static_cast<uint32_t>(row[k / kCodesPerWord]) >> (2 * (k % kCodesPerWord))) & 3u;
+  return pair == 2u ? 1 : (pair == 0u ? -1 : 0);
+}
+
 // The parts of a sparse layout (int32 [P]): the header [kHeaderWords], the starts [N + 1] and the +1 / -1 splits
 // [N] of the lists by output, then those [K + 1] and [K] of the lists by input, then the input indices of the lists
 // by output (uint16 [nnz], padded to whole int32 words), then the output indices of the lists by input, then (from
