@@ -20,8 +20,9 @@ setup(
     extras_require={
         "train": TRAIN,
         "dvs": ["tonic", "aedat"],
+        "explain": ["captum"] + TRAIN,
         "peers": ["spikingjelly", "snntorch", "norse"],
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "aedat"] + TRAIN,
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "aedat", "captum"] + TRAIN,
     },
     entry_points={"console_scripts": [
         "tna-train=tna.cli:train_main",

@@ -1,5 +1,7 @@
 """Instruction-set levels of the C++ build: ``TNA_CPU_ISA``, ``cpu_isa()``, the levels a machine executes, the
-C++ kernel tests at every such level (each in its own process and build) and the portable sources for aarch64."""
+C++ kernel tests at every such level (each in its own process and build), the portable sources for aarch64, and
+the build folder and its lock."""
+import fcntl
 import os
 import shutil
 import subprocess
@@ -7,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import tna_kernels
 from tna_kernels import _ext
@@ -132,3 +135,46 @@ def test_sources_compile_for_aarch64():
         if job.returncode:
             failures[source.name] = output[-3000:]
     assert not failures, "\n".join(f"{name}:\n{output}" for name, output in failures.items())
+
+
+def test_build_directory_follows_torch_extensions_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert _ext.build_directory("tna_kernels_cpp") == tmp_path / "tna_kernels_cpp"
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    folder = _ext.build_directory("tna_kernels_cpp")
+    assert folder.name == "tna_kernels_cpp"
+    assert folder.parent.name == f"py{sys.version_info.major}{sys.version_info.minor}_torch" + \
+        torch.__version__.replace("+", "_")
+
+
+HOLD_BUILD = """
+import sys, time
+from pathlib import Path
+from tna_kernels import _ext
+folder = Path(sys.argv[1])
+with _ext.exclusive_build(folder):
+    (folder / "lock").touch()  # what torch's own lock leaves behind when its build is killed
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_build_does_not_block_the_next(tmp_path):
+    """A build killed while it holds both locks (the advisory one and torch's file) leaves the folder buildable:
+    the OS frees the advisory lock and the next holder deletes torch's leftover lock file."""
+    folder = tmp_path / "tna_kernels_cpp"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_BUILD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with open(folder / "tna_build.flock", "a") as handle, pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert (folder / "lock").exists()
+    with open(folder / "tna_build.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises, not hangs, if still held
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    with _ext.exclusive_build(folder):
+        assert not (folder / "lock").exists()

@@ -1,6 +1,6 @@
 """Build and load the C++ CPU kernels (``csrc/*.cpp``) with ``torch.utils.cpp_extension``.
 
-The extension is compiled just in time on first use (one to three minutes, needs a C++ compiler and
+The extension is compiled just in time on first use (one to five minutes, needs a C++ compiler and
 ninja) and registers the ops ``torch.ops.tna_cpp.*``. Importing this module never compiles anything.
 
 Instruction-set levels. By default the kernels are built for the host (``-march=native``) under the
@@ -18,13 +18,22 @@ from ``/proc/cpuinfo``) or an unknown value is refused with a ValueError. ``cpu_
 the loaded build was compiled for (the op ``tna_cpp::build_isa``, from the compiler's target macros).
 A process loads one build only: they register the same ops.
 
-The builds are cached by torch under ``$TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions/<python>_<torch>/<name>``) and reused by later processes as long as the
-sources and flags are unchanged; delete a folder to force its rebuild.
+The builds are cached in ``build_directory(name)``: ``$TORCH_EXTENSIONS_DIR/<name>`` where that variable
+is set, else ``~/.cache/torch_extensions/py<python>_torch<torch>/<name>``, and reused by later processes as
+long as the sources and flags are unchanged; delete a folder to force its rebuild.
+
+Concurrent builds. Processes that build the same folder at once take turns through an advisory lock
+(``fcntl.flock`` on ``<folder>/tna_build.flock``), which the operating system releases when its holder
+exits, however it exits. torch's own lock (the file ``<folder>/lock``) is not released by a process that is
+killed mid-build, and every later build of that folder would wait for it forever; the holder of the
+advisory lock knows no other build is running, so it deletes such a leftover file before building.
 """
+import contextlib
+import fcntl
 import functools
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -122,6 +131,33 @@ def _sources() -> list:
     return [str(folder / name) for name in _SOURCES]
 
 
+def build_directory(name: str) -> Path:
+    """The folder the build ``name`` is compiled and cached in (see the module docstring)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return Path(root) / name
+    import torch
+    from torch.utils import cpp_extension
+
+    torch_version = torch.__version__.replace("+", "_")
+    python_version = f"{sys.version_info.major}{sys.version_info.minor}"
+    return Path(cpp_extension.get_default_build_root()) / f"py{python_version}_torch{torch_version}" / name
+
+
+@contextlib.contextmanager
+def exclusive_build(folder: Path):
+    """Hold the advisory lock of the build ``folder`` (creating the folder), then delete a ``lock`` file
+    that a killed torch build left there; release the lock on exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "tna_build.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (folder / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _load(verbose: bool) -> None:
     global _failed, _loaded
     from torch.utils import cpp_extension
@@ -135,15 +171,18 @@ def _load(verbose: bool) -> None:
         # torch skips rebuilding unchanged sources within a process, even after a failed build;
         # forget that attempt so this call compiles again (and shows the compiler output).
         versioner.entries.pop(name, None)
+    folder = build_directory(name)
     try:
-        cpp_extension.load(
-            name=name,
-            sources=_sources(),
-            extra_cflags=cflags,
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=verbose,
-        )
+        with exclusive_build(folder):
+            cpp_extension.load(
+                name=name,
+                sources=_sources(),
+                extra_cflags=cflags,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(folder),
+                is_python_module=False,
+                verbose=verbose,
+            )
     except Exception:
         _failed = True
         raise
