@@ -29,5 +29,6 @@ setup(
         "tna-prune=tna.cli:prune_main",
         "tna-export=tna.cli:export_main",
         "tna-eval=tna.cli:eval_main",
+        "tna-explain=tna.cli:explain_main",
     ]},
 )

@@ -1,4 +1,4 @@
-"""Command-line entry points: ``tna-train``, ``tna-prune``, ``tna-export`` and ``tna-eval``."""
+"""Command-line entry points: ``tna-train``, ``tna-prune``, ``tna-export``, ``tna-eval`` and ``tna-explain``."""
 import argparse
 import json
 import os
@@ -346,4 +346,63 @@ def eval_main(argv=None) -> int:
     return 0
 
 
-__all__ = ["eval_main", "export_main", "plan_runs", "prune_main", "prune_parser", "train_main", "train_parser"]
+def explain_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tna-explain",
+        description="Explain a trained spiking network's test images with saliency methods, grade the maps with "
+                    "evaluation metrics, and report the sanity checks and the metrics' coherency. A killed run "
+                    "resumes when called again with the same arguments.")
+    p.add_argument("model", help="a model file written by tna-export, or a tna-train run folder")
+    p.add_argument("--dataset", help="the dataset whose test images to explain (default: the model's)")
+    p.add_argument("--n", type=int, default=64, help="test images to explain (a seeded sample; default 64)")
+    p.add_argument("--methods", default="all", help="comma list of explanation methods (default all)")
+    p.add_argument("--metrics", default="all",
+                   help="comma list of metrics (default all; the box metrics only on data with boxes)")
+    p.add_argument("--out", help="output folder (default runs/explain-<model name>)")
+    p.add_argument("--seed", type=int, default=0, help="picks the images, the random maps, RISE's masks")
+    p.add_argument("--chunk", type=int, default=32, help="images per unit of work (and of resumption)")
+    p.add_argument("--randomization-n", type=int, default=16,
+                   help="images for the cascading randomization check (default 16)")
+    p.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients' steps (default 50)")
+    p.add_argument("--rise-masks", type=int, default=5000, help="RISE's masks (default 5000)")
+    p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default 64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def explain_main(argv=None) -> int:
+    """``tna-explain MODEL``: maps, metrics, sanity checks and coherency in one folder; 2 on bad input."""
+    args = explain_parser().parse_args(argv)
+    try:
+        from .explain.methods import METHODS as EXPLAIN_METHODS, MethodSettings
+        from .explain.run import ExplainSettings, resolve, run_explain
+        from .explain.sanity import SilentNetworkError
+    except ImportError as error:
+        return _fail("tna-explain", ConfigError(f"tna-explain needs Captum and SciPy ({error}): "
+                                                "pip install \"tna-kernels[explain]\""))
+    for name in ("n", "chunk", "randomization_n", "ig_steps", "rise_masks", "batch_size"):
+        if getattr(args, name) < 1:
+            return _fail("tna-explain", ConfigError(f"--{name.replace('_', '-')} must be at least 1"))
+    from tqdm import tqdm
+
+    out = Path(args.out or Path("runs") / f"explain-{Path(args.model).stem}")
+    try:
+        settings = ExplainSettings(
+            model=str(args.model), dataset=args.dataset, n=args.n,
+            methods=resolve(args.methods, EXPLAIN_METHODS, "method"), metrics=args.metrics, seed=args.seed,
+            chunk=args.chunk, randomization_n=args.randomization_n,
+            method_settings=MethodSettings(ig_steps=args.ig_steps, rise_masks=args.rise_masks,
+                                           batch_size=args.batch_size))
+        progress = None if args.no_progress else (lambda total: tqdm(total=total, desc="tna-explain", unit="unit"))
+        result = run_explain(settings, out, progress)
+    except (*USER_ERRORS, SilentNetworkError) as error:
+        return _fail("tna-explain", error)
+    except KeyboardInterrupt:
+        print(f"tna-explain: interrupted; the same command continues where it stopped ({out})", file=sys.stderr)
+        return 130
+    print(f"tna-explain: {result['n']} images of {result['dataset']}, {len(result['metrics'])} methods -> "
+          f"{out / 'report.md'}")
+    return 0
+
+
+__all__ = ["eval_main", "explain_main", "explain_parser", "export_main", "plan_runs", "prune_main", "prune_parser", "train_main", "train_parser"]

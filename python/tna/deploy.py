@@ -84,20 +84,26 @@ def deployable(model: nn.Module) -> nn.Module:
     return tnn.replace_max_pool_(deployed).requires_grad_(False)
 
 
-def export_run(run_dir, out_path) -> dict:
-    """Write the base network of the finished (or last checkpointed) run in ``run_dir`` to ``out_path``; a pruned
-    network (a round of ``tna-prune``) is written with its pruned weights zero (ternary: code 0). Returns
-    ``{"epochs", "bytes", "nonzero_weights"}``."""
+def deployed_run(run_dir) -> tuple:
+    """``(model, config, epochs)``: the deployable base network of the finished (or last checkpointed) run in
+    ``run_dir`` (a pruned one, a round of ``tna-prune``, with its pruned weights zero: ternary code 0), its
+    training settings and the epochs it trained."""
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = TrainConfig.from_dict(state["config"])
     data = load_dataset(config.dataset, config.data_dir, timesteps=config.timesteps)
     model = build_network(config, data, weights=config.weights, width=1.0)
     load_state(model, state["base"])
-    deployed = strip_masks_(deployable(model))
+    return strip_masks_(deployable(model)), config, state["epoch"]
+
+
+def export_run(run_dir, out_path) -> dict:
+    """Write the base network of the finished (or last checkpointed) run in ``run_dir`` to ``out_path`` (see
+    ``deployed_run``). Returns ``{"epochs", "bytes", "nonzero_weights"}``."""
+    deployed, config, epochs = deployed_run(run_dir)
     save_atomic({"format": CHECKPOINT_FORMAT, "kind": DEPLOYED_KIND, "config": config.to_dict(),
                  "structure": _structure(deployed), "model": deployed.state_dict()}, out_path)
     size = sum(t.numel() * t.element_size() for t in deployed.state_dict().values())
-    return {"epochs": state["epoch"], "bytes": size, "nonzero_weights": nonzero_weights(deployed)}
+    return {"epochs": epochs, "bytes": size, "nonzero_weights": nonzero_weights(deployed)}
 
 
 def _structure(model: nn.Module) -> list:

@@ -144,7 +144,7 @@ def rise_masks(count: int, grid: int, keep: float, size, generator: torch.Genera
     dx = torch.randint(cell_w, (count,), generator=generator)
     rows = (dy[:, None] + torch.arange(height))[:, :, None]
     cols = (dx[:, None] + torch.arange(width))[:, None, :]
-    return big[torch.arange(count)[:, None, None], rows, cols]
+    return big[torch.arange(count)[:, None, None], rows, cols].clamp(0, 1)  # interpolation may round past 1
 
 
 def _rise(model: nn.Module, inputs: Tensor, labels: Tensor, baseline: Tensor, settings: MethodSettings,
@@ -170,6 +170,8 @@ def attribute(method: str, model: nn.Module, inputs: Tensor, labels: Tensor, bas
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}: choose from {', '.join(METHODS)}")
     generator = torch.Generator().manual_seed(0) if generator is None else generator
+    if method in ("saliency", "smoothgrad"):
+        inputs = inputs.detach().requires_grad_(True)
     if method == "saliency":
         return Saliency(model).attribute(inputs, target=labels, abs=False)
     if method == "integrated_gradients":

@@ -58,13 +58,9 @@ def liveness(model: nn.Module, inputs: Tensor, baseline: Tensor) -> dict:
 
 
 def completeness_gaps(model: nn.Module, inputs: Tensor, labels: Tensor, baseline: Tensor,
-                      settings: MethodSettings = MethodSettings()) -> Tensor:
-    """Integrated Gradients' relative completeness gap per image, ``[B]`` (see the module docstring)."""
-    from captum.attr import IntegratedGradients
-
-    attributions = IntegratedGradients(model).attribute(inputs, baselines=baseline, target=labels,
-                                                        n_steps=settings.ig_steps,
-                                                        internal_batch_size=settings.batch_size)
+                      attributions: Tensor) -> Tensor:
+    """Integrated Gradients' relative completeness gap per image, ``[B]`` (see the module docstring), for its
+    ``attributions`` (shaped like ``inputs``) of ``labels`` from ``baseline``."""
     with torch.no_grad():
         rise = (model(inputs) - model(baseline)).gather(1, labels[:, None]).squeeze(1)
     gap = (attributions.flatten(1).sum(1) - rise).abs()

