@@ -75,12 +75,13 @@ def test_explain_resumes_from_its_cache(canvas_model, tmp_path):
     cached = {path.name: path.stat().st_mtime_ns for path in (out / "cache").iterdir()}
     assert "maps-saliency-0.pt" in cached and "scores-sam-1.pt" in cached and "randomization.pt" in cached
     first = json.loads((out / "explanations.json").read_text())
-    (out / "cache" / "scores-sam-1.pt").unlink()  # as if killed before that unit finished
+    lost = "scores-sam-1.pt"
+    (out / "cache" / lost).unlink()  # as if killed before that unit finished
     assert explain_main(args) == 0
     assert json.loads((out / "explanations.json").read_text())["metrics"] == first["metrics"]
     again = {path.name: path.stat().st_mtime_ns for path in (out / "cache").iterdir()}
-    assert {name for name in cached if again[name] != cached[name]} == set()  # nothing recomputed but the lost unit
-    assert "scores-sam-1.pt" in again
+    assert set(again) == set(cached)
+    assert [name for name in cached if again[name] != cached[name]] == [lost]  # only the lost unit was recomputed
     assert explain_main([*args, "--seed", "3"]) == 2  # the folder holds a run with other settings
 
 
@@ -99,9 +100,9 @@ def test_explain_errors(canvas_model, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert explain_main([model, "--dataset", "digits", *out]) == 2
     assert "trained on digits-canvas, whose images or classes differ from digits's" in capsys.readouterr().err
-    assert explain_main([model, "--n", "0", *out]) == 2
+    assert explain_main([model, *out, "--n", "0"]) == 2
     assert "--n must be at least 1" in capsys.readouterr().err
-    assert explain_main([model, "--n", "100000", *out]) == 2
+    assert explain_main([model, *out, "--n", "100000"]) == 2
     assert "--n must be between 1 and the" in capsys.readouterr().err
 
 
