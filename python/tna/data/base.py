@@ -28,6 +28,10 @@ class DataSplits:
     ``batches``; ``crop_padding`` (0 = no crop) and ``flip`` describe the training augmentation.
     ``val_x`` / ``val_y``: the validation part held out of the training split by ``hold_out`` (None when
     nothing was held out); ``validation()`` presents it as the test split, for evaluation.
+    ``test_boxes`` / ``test_masks``: where the object of each test image lies, for explanation methods and
+    their evaluation (the canvas datasets; None for the others). ``test_boxes`` is int64 ``[N_test, 4]``,
+    rows ``(y0, x0, y1, x1)`` in pixels with ``y1`` and ``x1`` exclusive, the tight box of ``test_masks``;
+    ``test_masks`` is bool ``[N_test, H, W]``, True on the object's pixels (a digit's strokes).
     """
 
     name: str
@@ -44,12 +48,16 @@ class DataSplits:
     flip: bool
     val_x: Optional[torch.Tensor] = field(default=None, repr=False)
     val_y: Optional[torch.Tensor] = field(default=None, repr=False)
+    test_boxes: Optional[torch.Tensor] = field(default=None, repr=False)
+    test_masks: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def validation(self) -> "DataSplits":
-        """A copy whose test split is this one's validation split (raises ValueError when there is none)."""
+        """A copy whose test split is this one's validation split, without boxes or masks (raises ValueError
+        when there is none)."""
         if self.val_y is None:
             raise ValueError(f"{self.name}: no validation split was held out")
-        return dataclasses.replace(self, test_x=self.val_x, test_y=self.val_y, val_x=None, val_y=None)
+        return dataclasses.replace(self, test_x=self.val_x, test_y=self.val_y, val_x=None, val_y=None,
+                                   test_boxes=None, test_masks=None)
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
@@ -76,10 +84,16 @@ def grayscale_splits(name: str, images: torch.Tensor, labels: torch.Tensor, *, t
     """
     train, test = stratified_split(labels.numpy(), test_fraction, seed)
     train_x = images[train]
-    std, mean = torch.std_mean(train_x.float(), correction=0)
+    mean, std = grayscale_stats(train_x)
     return DataSplits(name=name, train_x=train_x, train_y=labels[train], test_x=images[test], test_y=labels[test],
-                      num_classes=10, input_shape=tuple(images.shape[1:]), is_events=False, mean=(mean.item(),),
-                      std=(std.item(),), crop_padding=crop_padding, flip=False)
+                      num_classes=10, input_shape=tuple(images.shape[1:]), is_events=False, mean=mean, std=std,
+                      crop_padding=crop_padding, flip=False)
+
+
+def grayscale_stats(images: torch.Tensor) -> tuple:
+    """``(mean, std)`` of uint8 ``[N, 1, H, W]`` images over every pixel, each a 1-tuple of floats."""
+    std, mean = torch.std_mean(images.float(), correction=0)
+    return (mean.item(),), (std.item(),)
 
 
 HOLD_OUT_SEED = 1
@@ -92,9 +106,9 @@ def hold_out(data: DataSplits, val_fraction: float, train_fraction: float = 1.0)
     ``train_fraction`` are kept for training (a stratified subset; 1 keeps all). Both choices depend only on
     the labels and the fractions (a fixed seed, independent of any training seed), so every run of a
     comparison sees the same validation and training samples, and the validation split does not change with
-    ``train_fraction``. The test split, ``mean`` and ``std`` are unchanged. When ``val_fraction`` rounds to no
-    sample of any class (a tiny dataset), nothing is held out and ``val_x`` / ``val_y`` stay None; with
-    ``val_fraction`` 0 and ``train_fraction`` 1, ``data`` itself is returned.
+    ``train_fraction``. The test split (with its boxes and masks), ``mean`` and ``std`` are unchanged. When
+    ``val_fraction`` rounds to no sample of any class (a tiny dataset), nothing is held out and ``val_x`` /
+    ``val_y`` stay None; with ``val_fraction`` 0 and ``train_fraction`` 1, ``data`` itself is returned.
     """
     if not 0 <= val_fraction < 1 or not 0 < train_fraction <= 1:
         raise ValueError(f"need 0 <= val_fraction < 1 and 0 < train_fraction <= 1, got {val_fraction} and "
