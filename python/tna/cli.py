@@ -347,6 +347,9 @@ def eval_main(argv=None) -> int:
 
 
 def explain_parser() -> argparse.ArgumentParser:
+    from .explain.methods import METHODS as EXPLAIN_METHODS
+    from .explain.metrics import METRICS as EXPLAIN_METRICS
+
     p = argparse.ArgumentParser(
         prog="tna-explain",
         description="Explain a trained spiking network's test images with saliency methods, grade the maps with "
@@ -355,9 +358,11 @@ def explain_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model file written by tna-export, or a tna-train run folder")
     p.add_argument("--dataset", help="the dataset whose test images to explain (default: the model's)")
     p.add_argument("--n", type=int, default=64, help="test images to explain (a seeded sample; default 64)")
-    p.add_argument("--methods", default="all", help="comma list of explanation methods (default all)")
+    p.add_argument("--methods", default="all",
+                   help=f"comma list of explanation methods (default all: {', '.join(EXPLAIN_METHODS)})")
     p.add_argument("--metrics", default="all",
-                   help="comma list of metrics (default all; the box metrics only on data with boxes)")
+                   help=f"comma list of metrics (default all; the box metrics only on data with boxes): "
+                        f"{', '.join(EXPLAIN_METRICS)}")
     p.add_argument("--out", help="output folder (default runs/explain-<model name>)")
     p.add_argument("--seed", type=int, default=0, help="picks the images, the random maps, RISE's masks")
     p.add_argument("--chunk", type=int, default=32, help="images per unit of work (and of resumption)")
@@ -374,6 +379,8 @@ def explain_main(argv=None) -> int:
     """``tna-explain MODEL``: maps, metrics, sanity checks and coherency in one folder; 2 on bad input."""
     args = explain_parser().parse_args(argv)
     try:
+        import captum  # noqa: F401  (the methods import it when they run)
+
         from .explain.methods import METHODS as EXPLAIN_METHODS, MethodSettings
         from .explain.run import ExplainSettings, resolve, run_explain
         from .explain.sanity import SilentNetworkError

@@ -119,3 +119,11 @@ def test_box_metrics_need_boxes():
     assert metric_list("deletion_zero", has_boxes=False, dataset="digits") == ["deletion_zero"]
     with pytest.raises(ConfigError, match="digits has no object boxes, so the metrics iou cannot be computed"):
         metric_list("deletion_zero,iou", has_boxes=False, dataset="digits")
+
+
+def test_explain_without_captum_says_what_to_install(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "captum", None)  # an import of captum now raises ImportError
+    assert explain_main(["model.pt", "--no-progress"]) == 2
+    assert 'pip install "tna-kernels[explain]"' in capsys.readouterr().err
