@@ -4,7 +4,7 @@
     python benchmarks/explain_study.py digits-canvas --dry-run
     python benchmarks/explain_study.py --summarize           # only rewrite study.md
 
-Per dataset (``digits-canvas``: all 360 test images; ``mnist5k-canvas``: 500 of its 1000) and weight precision
+Per dataset (``digits-canvas``: all 359 test images; ``mnist5k-canvas``: 500 of its 1000) and weight precision
 (fp, ternary): train the convnet with the dataset's defaults (TNA, seed 0) into
 ``benchmarks/results/tna_explain/<dataset>/tna-<weights>-seed0``, export it to ``model-<weights>.pt`` and run
 ``tna-explain`` on it into ``explain-<weights>/`` with every method and ``STUDY_METRICS``. Each step is skipped
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path("benchmarks") / "results" / "tna_explain"  # relative to ROOT: the outputs name no machine's paths
 SETUPS = {
-    "digits-canvas": {"n": 360, "rise_masks": 5000},
+    "digits-canvas": {"n": 359, "rise_masks": 5000},
     "mnist5k-canvas": {"n": 500, "rise_masks": 2000},
 }
 WEIGHTS = ("fp", "ternary")
@@ -116,8 +116,9 @@ def main(argv=None) -> int:
             for command in [] if args.summarize else steps(dataset, weights):
                 print(" ".join(command[3:]) if args.dry_run else f"{dataset} {weights}: {' '.join(command[3:])}",
                       flush=True)
-                if not args.dry_run:
-                    subprocess.run(command, cwd=ROOT, check=True)
+                if not args.dry_run and subprocess.run(command, cwd=ROOT).returncode != 0:
+                    print(f"{dataset} {weights}: that step failed; fix it and run this script again", file=sys.stderr)
+                    return 1
         if not args.dry_run:
             summarize(dataset)
     return 0
