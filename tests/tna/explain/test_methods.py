@@ -92,7 +92,7 @@ def test_saliency_per_timestep_sums_to_the_gradient():
     model = spiking_convnet()
     inputs, labels = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3])
     steps = methods.saliency_per_timestep(model, inputs, labels)
-    whole = Saliency(model).attribute(inputs, target=labels, abs=False)
+    whole = Saliency(model).attribute(inputs.requires_grad_(True), target=labels, abs=False)
     assert steps.shape == (3, *inputs.shape)
     torch.testing.assert_close(steps.sum(0), whole, rtol=1e-4, atol=1e-6)
     assert (steps[0] - steps[-1]).abs().sum() > 0  # the steps differ: the neurons' state changes over time
