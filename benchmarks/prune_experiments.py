@@ -106,10 +106,11 @@ def _markdown(study: dict, metrics: list, rounds: int) -> str:
                                                    for k in shown) + " |",
              "|---|---:|" + "---:|" * len(shown)]
     for metric in metrics:
-        cells = [f"{100 * mean:.2f} ± {100 * std:.2f}" for mean, std in
+        seeds = curves[metric][0]["seeds"]
+        cells = [f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}" for mean, std in
                  (curves[metric][k]["test_accuracy"] for k in shown)]
-        lines.append(f"| {metric} | {curves[metric][0]['seeds']} | " + " | ".join(cells) + " |")
-    lines += ["", "Test accuracy (%, mean ± std over seeds) by round (sparsity).", ""]
+        lines.append(f"| {metric} | {seeds} | " + " | ".join(cells) + " |")
+    lines += ["", "Test accuracy (%; mean ± std where more than one seed ran) by round (sparsity).", ""]
     if study["overlap"]:
         ks = list(study["overlap"])
         lines += ["| pair | " + " | ".join(f"round {k} ({100 * curves[metrics[0]][int(k)]['sparsity']:.1f}%)"
@@ -139,7 +140,7 @@ def _plot(path: Path, study: dict, metrics: list) -> None:
         rows = study["curves"][metric]
         ax.errorbar([100 * (1 - r["sparsity"]) for r in rows], [100 * r["test_accuracy"][0] for r in rows],
                     yerr=[100 * r["test_accuracy"][1] for r in rows], fmt="o-", ms=3, capsize=2,
-                    label=f"{metric} ({rows[0]['seeds']} seeds)")
+                    label=f"{metric} ({rows[0]['seeds']} seed{'s' if rows[0]['seeds'] > 1 else ''})")
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%, log scale)")
