@@ -123,15 +123,20 @@ inline void popcount_tile(const uint64_t* const* xr, const uint64_t* const* pr, 
 // follows the number of spikes rather than the number of inputs. The codes are re-laid out as int8 column
 // tiles [Nt, R, 32 * V] (R inputs; V vectors of 32 output lanes): row r of tile t holds the codes of input r
 // for outputs t * 32V .. t * 32V + 32V - 1, zero past the last output. The spikes of a row are listed once (the
-// indices of its set bits) and replayed against every tile, which stays in L2 while all rows pass over it.
-// Sums run in int8 lanes for at most 127 events, then widen into int32, so they are exact.
+// indices of its set bits) and replayed against every tile while the tile's rows stay in cache. Wide tiles
+// (128 lanes) add more codes per listed event; they are narrowed only where a tile would pass kTileBytes.
+// Sums run in int8 lanes for at most 127 events, then widen into int16 and int32 lanes, so they are exact.
 // ---------------------------------------------------------------------------------------------
 typedef int8_t i8x32 __attribute__((vector_size(32)));
-typedef int32_t i32x32 __attribute__((vector_size(128)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+typedef int16_t i16x16 __attribute__((vector_size(32)));
+typedef int16_t i16x8 __attribute__((vector_size(16)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
 
-constexpr int64_t kTileBytes = 256 * 1024;  // most bytes of a column tile: it shares a 512 KiB L2
-constexpr int64_t kEventsPerFlush = 127;    // int8 sums of codes in {-1, 0, 1} stay exact this long
-constexpr int64_t kPrefetchEvents = 16;     // how far ahead add_events prefetches tile rows
+constexpr int64_t kTileBytes = 1024 * 1024;  // most bytes of a column tile (L2 holds half of it or more)
+constexpr int64_t kEventsPerFlush = 127;      // int8 sums of codes in {-1, 0, 1} stay exact this long
+constexpr int64_t kFlushesPerWiden = 258;     // and int16 sums of those: 258 * 127 <= 32767
+constexpr int64_t kPrefetchEvents = 16;       // how far ahead add_events prefetches tile rows
 
 // The vectors of 32 output lanes (1, 2 or 4) per column-tile row for R inputs and N outputs.
 inline int tile_vectors(int64_t R, int64_t N) {
@@ -184,42 +189,89 @@ void event_offsets(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64
 }
 
 // The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1])
-// (offsets: event_offsets), followed by kPrefetchEvents zeros (add_events reads that far ahead).
+// (offsets: event_offsets), followed by kPrefetchEvents zeros (add_events reads that far ahead). A word's bits
+// are listed four at a time, the slots past its last bit filled with junk that the next word's indices
+// overwrite (so the loop branches once per four bits, not once per bit); near the end of a row, one at a time.
 void list_events(const uint64_t* bits, int64_t M, int64_t W, const std::vector<int64_t>& offsets,
                  std::vector<int32_t>& events) {
   events.assign(offsets[M] + kPrefetchEvents, 0);
   at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       int32_t* out = events.data() + offsets[m];
-      for (int64_t w = 0; w < W; ++w)
-        for (uint64_t b = bits[m * W + w]; b != 0; b &= b - 1)
-          *out++ = static_cast<int32_t>(64 * w + __builtin_ctzll(b));
+      int32_t* const end = events.data() + offsets[m + 1];
+      for (int64_t w = 0; w < W; ++w) {
+        uint64_t b = bits[m * W + w];
+        const int32_t base = static_cast<int32_t>(64 * w);
+        const int count = __builtin_popcountll(b);
+        if (end - out >= (count + 3) / 4 * 4) {
+          for (int i = 0; i < count; i += 4) {
+            for (int j = 0; j < 4; ++j) {
+              out[i + j] = base + __builtin_ctzll(b | (uint64_t{1} << 63));
+              b &= b - 1;
+            }
+          }
+        } else {
+          for (int i = 0; i < count; ++i, b &= b - 1) out[i] = base + __builtin_ctzll(b);
+        }
+        out += count;
+      }
     }
   });
 }
 
-// sum[v][l] += the codes of lane 32 v + l of tile rows events[0 .. count), and abs_sum likewise with |code|
+// Widening without the wide vector types (GCC lowers a convert to a 1024-bit vector lane by lane): half a
+// vector at a time.
+inline void widen_add(const i8x32& narrow, i16x16 (&wide)[2]) {
+  i8x16 half[2];
+  std::memcpy(half, &narrow, sizeof half);
+  wide[0] += __builtin_convertvector(half[0], i16x16);
+  wide[1] += __builtin_convertvector(half[1], i16x16);
+}
+
+inline void widen_add(const i16x16& narrow, int32_t* wide) {
+  i16x8 half[2];
+  std::memcpy(half, &narrow, sizeof half);
+  for (int h = 0; h < 2; ++h) {
+    i32x8 sum;
+    std::memcpy(&sum, wide + 8 * h, sizeof sum);
+    sum += __builtin_convertvector(half[h], i32x8);
+    std::memcpy(wide + 8 * h, &sum, sizeof sum);
+  }
+}
+
+// sum[l] += the codes of lane l of tile rows events[0 .. count) for l < 32V, and abs_sum likewise with |code|
 // (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads events[count + kPrefetchEvents - 1].
+// The codes add up in int8 lanes for kEventsPerFlush events, which add into int16 lanes for kFlushesPerWiden
+// flushes, which add into sum: exact at every step.
 template <int V, bool ABS>
-inline void add_events(const int8_t* tile, const int32_t* events, int64_t count, i32x32 (&sum)[V],
-                       i32x32 (&abs_sum)[V]) {
-  for (int64_t e0 = 0; e0 < count; e0 += kEventsPerFlush) {
-    const int64_t e1 = std::min(count, e0 + kEventsPerFlush);
-    i8x32 s[V] = {}, a[V] = {};
-    for (int64_t e = e0; e < e1; ++e) {
-      __builtin_prefetch(tile + static_cast<int64_t>(events[e + kPrefetchEvents]) * (32 * V));
-      const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
+inline void add_events(const int8_t* tile, const int32_t* events, int64_t count, int32_t* sum, int32_t* abs_sum) {
+  constexpr int64_t kEventsPerWiden = kEventsPerFlush * kFlushesPerWiden;
+  for (int64_t w0 = 0; w0 < count; w0 += kEventsPerWiden) {
+    const int64_t w1 = std::min(count, w0 + kEventsPerWiden);
+    i16x16 s16[V][2] = {}, a16[ABS ? V : 1][2] = {};
+    for (int64_t e0 = w0; e0 < w1; e0 += kEventsPerFlush) {
+      const int64_t e1 = std::min(w1, e0 + kEventsPerFlush);
+      i8x32 s[V] = {}, a[ABS ? V : 1] = {};
+      for (int64_t e = e0; e < e1; ++e) {
+        __builtin_prefetch(tile + static_cast<int64_t>(events[e + kPrefetchEvents]) * (32 * V));
+        const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
+        for (int v = 0; v < V; ++v) {
+          i8x32 code;
+          std::memcpy(&code, row + 32 * v, sizeof code);
+          s[v] += code;
+          if constexpr (ABS) a[v] += code & 1;
+        }
+      }
       for (int v = 0; v < V; ++v) {
-        i8x32 code;
-        std::memcpy(&code, row + 32 * v, sizeof code);
-        s[v] += code;
-        if constexpr (ABS) a[v] += code & 1;
+        widen_add(s[v], s16[v]);
+        if constexpr (ABS) widen_add(a[v], a16[v]);
       }
     }
-    for (int v = 0; v < V; ++v) {
-      sum[v] += __builtin_convertvector(s[v], i32x32);
-      if constexpr (ABS) abs_sum[v] += __builtin_convertvector(a[v], i32x32);
-    }
+    for (int v = 0; v < V; ++v)
+      for (int h = 0; h < 2; ++h) {
+        widen_add(s16[v][h], sum + 32 * v + 16 * h);
+        if constexpr (ABS) widen_add(a16[v][h], abs_sum + 32 * v + 16 * h);
+      }
   }
 }
 
@@ -229,10 +281,10 @@ template <int V, bool ABS>
 void event_sums(const int8_t* tile, const int64_t* offsets, const int32_t* events, int64_t rows, int32_t* sums,
                 int32_t* abs_sums, int64_t ld) {
   for (int64_t r = 0; r < rows; ++r) {
-    i32x32 sum[V] = {}, abs_sum[V] = {};
-    add_events<V, ABS>(tile, events + offsets[r], offsets[r + 1] - offsets[r], sum, abs_sum);
-    std::memcpy(sums + r * ld, sum, sizeof sum);
-    if constexpr (ABS) std::memcpy(abs_sums + r * ld, abs_sum, sizeof abs_sum);
+    std::fill(sums + r * ld, sums + r * ld + 32 * V, 0);
+    if constexpr (ABS) std::fill(abs_sums + r * ld, abs_sums + r * ld + 32 * V, 0);
+    add_events<V, ABS>(tile, events + offsets[r], offsets[r + 1] - offsets[r], sums + r * ld,
+                       ABS ? abs_sums + r * ld : nullptr);
   }
 }
 

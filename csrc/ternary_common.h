@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -105,21 +106,56 @@ struct SpikeOutput {
     y[m * ldm + n * ldn] = value(n, acc_p, acc_n);
   }
 
+  // The float32 values of columns n0 .. n1 - 1 of one row (values[j] for column n0 + j) from the sums of the
+  // codes (sums[j]) and, for an asymmetric scale, of their absolute values (abs_sums[j]; then acc_p = (abs + sum)
+  // / 2 and acc_n = (abs - sum) / 2): as value, with the choices made once per row so that the loops vectorize.
+  void row_values(const int32_t* sums, const int32_t* abs_sums, int64_t n0, int64_t n1, float* values) const {
+    const int64_t width = n1 - n0;
+    const float* s = scale + n0;
+    if (asymmetric) {
+      const float* s_minus = scale + ldscale + n0;
+      for (int64_t j = 0; j < width; ++j) {
+        values[j] = static_cast<float>((abs_sums[j] + sums[j]) / 2) * s[j] -
+                    static_cast<float>((abs_sums[j] - sums[j]) / 2) * s_minus[j];
+      }
+    } else {
+      for (int64_t j = 0; j < width; ++j) values[j] = static_cast<float>(sums[j]) * s[j];
+    }
+    if (bias != nullptr) {
+      const float* b = bias + n0;
+      for (int64_t j = 0; j < width; ++j) values[j] = values[j] + b[j];
+    }
+  }
+
   // Rows m0 .. m1 - 1 and columns n0 .. n1 - 1 from the sums of the codes, (m, n) at sums[(m - m0) * ld + n - n0],
-  // and, for an asymmetric scale, of their absolute values (abs_sums, likewise; then acc_p = (abs + sum) / 2
-  // and acc_n = (abs - sum) / 2): as store, in the order that writes y contiguously.
+  // and, for an asymmetric scale, of their absolute values (abs_sums, likewise): as store, a few rows at a time
+  // turned into floats along n, then written in the order that writes y contiguously.
   void store_sums(int64_t m0, int64_t m1, int64_t n0, int64_t n1, const int32_t* sums, const int32_t* abs_sums,
                   int64_t ld) const {
-    auto at = [&](int64_t m, int64_t n) {
-      const int64_t i = (m - m0) * ld + n - n0;
-      return asymmetric ? value(n, (abs_sums[i] + sums[i]) / 2, (abs_sums[i] - sums[i]) / 2) : value(n, sums[i], 0);
-    };
-    if (ldn == 1) {
-      for (int64_t m = m0; m < m1; ++m)
-        for (int64_t n = n0; n < n1; ++n) y[m * ldm + n] = at(m, n);
-    } else {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m = m0; m < m1; ++m) y[m * ldm + n * ldn] = at(m, n);
+    constexpr int64_t kRows = 16;  // a cache line of float outputs along m
+    const int64_t width = n1 - n0;
+    std::vector<float> values(kRows * width);
+    for (int64_t r0 = m0; r0 < m1; r0 += kRows) {
+      const int64_t rows = std::min(kRows, m1 - r0);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t at = (r0 - m0 + i) * ld;
+        row_values(sums + at, asymmetric ? abs_sums + at : nullptr, n0, n1, values.data() + i * width);
+      }
+      if (ldn == 1) {
+        for (int64_t i = 0; i < rows; ++i) {
+          Out* row = y + (r0 + i) * ldm + n0;
+          for (int64_t j = 0; j < width; ++j) row[j] = static_cast<Out>(values[i * width + j]);
+        }
+      } else {
+        for (int64_t j = 0; j < width; ++j) {
+          Out* column = y + r0 * ldm + (n0 + j) * ldn;
+          if (ldm == 1) {
+            for (int64_t i = 0; i < rows; ++i) column[i] = static_cast<Out>(values[i * width + j]);
+          } else {
+            for (int64_t i = 0; i < rows; ++i) column[i * ldm] = static_cast<Out>(values[i * width + j]);
+          }
+        }
+      }
     }
   }
 };

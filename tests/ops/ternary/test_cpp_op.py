@@ -348,10 +348,12 @@ def test_spike_conv_kernels_agree_on_both_sides_of_the_switch(asymmetric, c, o, 
 
 @pytest.mark.parametrize("code", [1, -1])
 @pytest.mark.parametrize("asymmetric", [False, True])
-def test_spike_kernels_sum_long_runs_of_equal_codes_exactly(code, asymmetric):
-    """1000 spikes on equal codes: the event kernel's narrow partial sums must not overflow."""
+@pytest.mark.parametrize("k", [1000, 40000])
+def test_spike_kernels_sum_long_runs_of_equal_codes_exactly(code, asymmetric, k):
+    """k spikes on equal codes: the event kernel's int8 and int16 partial sums (127 and 258 x 127 events) must
+    not overflow."""
     assert cpp_extension_available()
-    n, k = 70, 1000
+    n = 70
     packed = pack_ternary(torch.full((n, k), code, dtype=torch.int8))
     scale = torch.rand((2, n) if asymmetric else (n,)) + 0.5
     x = torch.ones(2, k)
