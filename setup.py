@@ -23,7 +23,7 @@ setup(
         "dvs": ["tonic", "aedat"],
         "explain": ["captum"] + TRAIN,
         "nir": NIR,
-        "peers": ["spikingjelly", "snntorch", "norse"],
+        "peers": ["spikingjelly", "snntorch", "norse", "nirtorch"] + NIR,
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "aedat", "captum"] + TRAIN + NIR,
     },
     entry_points={"console_scripts": [

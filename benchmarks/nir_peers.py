@@ -20,6 +20,7 @@ import io
 import json
 import sys
 import tempfile
+import textwrap
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -129,12 +130,13 @@ def _version(name: str) -> str:
 def _markdown(result: dict) -> str:
     names = list(result["peers"][0]["layers"]) if result["peers"] else []
     run = result["run"]
+    intro = (f"Default digits run ({run['epochs']} epochs, T = {result['timesteps']}), test accuracy reported "
+             f"{run['reported_test_accuracy']:.4f}; tna-eval: model.pt {result['tna_eval_accuracy']['pt']:.4f}, "
+             f"model.nir {result['tna_eval_accuracy']['nir']:.4f}, with --strict-threshold "
+             f"{result['tna_eval_accuracy']['nir_strict_threshold']:.4f}. Spikes equal to ours per layer (of "
+             "T x test images x neurons), predictions equal to ours (of the test images):")
     lines = [
-        f"Default digits run ({run['epochs']} epochs, T = {result['timesteps']}), test accuracy reported "
-        f"{run['reported_test_accuracy']:.4f}; tna-eval: model.pt {result['tna_eval_accuracy']['pt']:.4f}, "
-        f"model.nir {result['tna_eval_accuracy']['nir']:.4f}, with --strict-threshold "
-        f"{result['tna_eval_accuracy']['nir_strict_threshold']:.4f}. Spikes equal to ours per layer (of "
-        "T x test images x neurons), predictions equal to ours (of the test images):",
+        textwrap.fill(intro, 115),
         "",
         "| peer | file | " + " | ".join(names) + " | predictions equal | peer's test accuracy |",
         "|---|---|" + "---|" * len(names) + "---|---|",
@@ -147,7 +149,7 @@ def _markdown(result: dict) -> str:
         lines.append(f"| {row['peer']} | {row['file'].replace('_', ' ')} | " + " | ".join(cells)
                      + f" | {row['predictions_equal']} / {row['images']} | {row['test_accuracy']:.4f} |")
     found = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
-    lines += ["", f"{found}; commit {result['commit']}, {result['date']}.", ""]
+    lines += ["", textwrap.fill(f"{found}; commit {result['commit']}, {result['date']}.", 115), ""]
     return "\n".join(lines)
 
 

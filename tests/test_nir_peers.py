@@ -2,6 +2,8 @@
 their NIR importers run what to_nir writes with the same spikes at every layer (snnTorch and Norse through the
 workarounds of tna_kernels.nir.peers, with strict_threshold where thresholds are hit exactly), and from_nir runs
 what their exporters write as the networks those files describe."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -133,3 +135,13 @@ def test_snntorch_export_runs_as_the_network_it_describes():
     assert hidden.sum() > 0 and output.sum() > 0
     assert torch.equal(got["1"], hidden) and torch.equal(got["3"], output)
     assert not torch.equal(run(original)[0], hidden)
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("spikingjelly")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("\n## NIR\n"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    monkeypatch.chdir(tmp_path)
+    exec(code[:code.index("```")], {})
+    assert (tmp_path / "model.nir").is_file()
