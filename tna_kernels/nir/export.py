@@ -71,8 +71,8 @@ class _Tracer:
         return name
 
     def walk(self, module: nn.Module, path: str, x: Tensor, sources: list, batch_dims: int) -> tuple:
-        """Trace ``module`` on ``x`` ``[T, B, ...]`` fed by the entries ``sources``; returns the output and the
-        entries it comes from."""
+        """Trace ``module`` (a copy the tracer may change: ternary layers are frozen) on ``x`` ``[T, B, ...]`` fed by
+        the entries ``sources``; returns the output and the entries it comes from."""
         kind = type(module)
         if isinstance(module, nn.Sequential) and kind.forward is nn.Sequential.forward:
             for name, child in module.named_children():
@@ -107,34 +107,32 @@ class _Tracer:
 
     def leaf(self, module: nn.Module, path: str, x: Tensor, sources: list, batch_dims: int) -> tuple:
         where = _describe(path, module)
+        if isinstance(module, LIF):
+            kind = NEURON
+        elif isinstance(module, (*_SKIPPED, *BATCHNORMS)) or type(module) in _LEAVES:
+            kind = _LEAVES.get(type(module))
+        else:
+            raise NIRError(f"{where}: NIR has no counterpart for this module; to_nir knows {KNOWN}")
+        if kind == NEURON and batch_dims != 2:
+            raise NIRError(f"{where}: a LIF inside MultiStep does not see the time dimension")
+        if kind == MAX_POOL and not (len(sources) == 1 and getattr(self.entries.get(sources[0]), "kind", None)
+                                     in (NEURON, MAX_POOL)):
+            raise NIRError(f"{where}: NIR has no max pooling; to_nir writes it only on spikes (right after a LIF), "
+                           "as AvgPool2d and a LIF that fires when any input spiked")
         try:
             y = _run(module, x, batch_dims)
         except Exception as error:
             raise NIRError(f"{where}: running it on the sample input failed: {error}") from error
         if not isinstance(y, Tensor):
             raise NIRError(f"{where} returns {type(y).__name__}, not a tensor (e.g. LIF(return_state=True))")
-        if isinstance(module, _SKIPPED):
-            return y, sources
         if isinstance(module, BATCHNORMS):
             self.fold(module, where, sources)
+        if kind is None:
             return y, sources
-        if isinstance(module, LIF):
-            if batch_dims != 2:
-                raise NIRError(f"{where}: a LIF inside MultiStep does not see the time dimension")
-            kind = NEURON
-        elif type(module) in _LEAVES:
-            kind = _LEAVES[type(module)]
-        else:
-            raise NIRError(f"{where}: NIR has no counterpart for this module; to_nir knows {KNOWN}")
-        spiking = all(getattr(self.entries.get(source), "kind", None) in (NEURON, MAX_POOL) for source in sources)
-        if kind == MAX_POOL and not spiking:
-            raise NIRError(f"{where}: NIR has no max pooling; to_nir writes it only on spikes (right after a LIF), "
-                           "as AvgPool2d and a LIF that fires when any input spiked")
-        layer = module
         if isinstance(module, (TernaryLinear, TernaryConv2d)) and not module.frozen:
-            layer = copy.deepcopy(module).freeze()
+            module.freeze()
         name = self.unique(path, module)
-        self.entries[name] = _Entry(name, kind, layer, list(sources), tuple(x.shape[2:]), tuple(y.shape[2:]),
+        self.entries[name] = _Entry(name, kind, module, list(sources), tuple(x.shape[2:]), tuple(y.shape[2:]),
                                     batch_dims)
         return y, [name]
 
@@ -292,15 +290,13 @@ class _Writer:
             raise NIRError(f"{where}: to_nir writes max pooling without padding, dilation, ceil_mode or indices only")
         kernel = np.array(_pair(layer.kernel_size))
         stride = kernel.copy() if layer.stride is None else np.array(_pair(layer.stride))
-        window = int(kernel.prod())
-        meta = {"max_pool2d": {"kernel_size": kernel, "stride": stride}}
+        pool, shape = {"kernel_size": kernel, "stride": stride}, entry.out_shape
         average = f"{entry.name}.avg"
         self.add(average, nir.AvgPool2d(kernel_size=kernel, stride=stride, padding=np.zeros(2, int)), entry.inputs,
-                 {"max_pool2d": {**meta["max_pool2d"], "part": "average"}})
-        shape = entry.out_shape
+                 {"max_pool2d": {**pool, "part": "average"}})
         fire = nir.LIF(tau=np.full(shape, MAX_POOL_TAU * self.dt), r=np.ones(shape), v_leak=np.zeros(shape),
-                       v_threshold=np.full(shape, 1 / (4 * window)), v_reset=np.zeros(shape))
-        self.add(entry.name, fire, [average], {"max_pool2d": {**meta["max_pool2d"], "part": "fire"}})
+                       v_threshold=np.full(shape, 1 / (4 * int(kernel.prod()))), v_reset=np.zeros(shape))
+        self.add(entry.name, fire, [average], {"max_pool2d": {**pool, "part": "fire"}})
 
     def flatten(self, entry: _Entry, where: str) -> None:
         layer, ndim = entry.layer, len(entry.in_shape)

@@ -120,7 +120,8 @@ def norse_graph(graph):
             before = nodes[sources[0]] if len(sources) == 1 else None
             if not isinstance(before, (nir.Affine, nir.Linear, nir.Conv2d)) or len(_feeds(graph, sources[0])) != 1:
                 raise NIRError(f"{name}: Norse ignores r, and no single weight layer feeds this LIF to fold it into")
-            factor = np.asarray(node.r, np.float64).reshape(len(before.weight), -1)[:, 0]
+            r, rows = np.asarray(node.r, np.float64), len(before.weight)
+            factor = np.full(rows, r.item()) if r.size == 1 else r.reshape(rows, -1)[:, 0]
             view = (-1,) + (1,) * (before.weight.ndim - 1)
             before.weight = (before.weight * factor.reshape(view)).astype(before.weight.dtype)
             if hasattr(before, "bias"):
