@@ -4,6 +4,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 TRAIN = ["scikit-learn", "scipy", "matplotlib", "pyyaml", "mlxtend"]
+NIR = ["nir>=1.0.6", "h5py"]
 
 setup(
     name="tna-kernels",
@@ -21,8 +22,9 @@ setup(
         "train": TRAIN,
         "dvs": ["tonic", "aedat"],
         "explain": ["captum"] + TRAIN,
-        "peers": ["spikingjelly", "snntorch", "norse"],
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "aedat", "captum"] + TRAIN,
+        "nir": NIR,
+        "peers": ["spikingjelly", "snntorch", "norse", "nirtorch"] + NIR,
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "aedat", "captum"] + TRAIN + NIR,
     },
     entry_points={"console_scripts": [
         "tna-train=tna.cli:train_main",

@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+from tna_kernels.nir import NIRError
+
 from .checkpoint import CheckpointError
 from .config import AMP_MODES, OPTIMIZERS, TWIN_WEIGHTS, ConfigError, TrainConfig, read_yaml
 from .data import DATASETS, DataError
@@ -299,25 +301,50 @@ def prune_main(argv=None) -> int:
 
 
 def export_main(argv=None) -> int:
-    """``tna-export RUN_DIR --out model.pt``: the base network only, frozen, BatchNorm folded."""
+    """``tna-export RUN_DIR --out model.pt``: the base network only, frozen, BatchNorm folded; ``--format nir``
+    writes it as a NIR graph instead."""
     p = argparse.ArgumentParser(prog="tna-export", description="Write a run's base network for deployment.")
     p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="file to write (e.g. model.pt)")
+    p.add_argument("--out", required=True, help="file to write (e.g. model.pt, or model.nir with --format nir)")
+    p.add_argument("--format", choices=("pt", "nir"), default="pt",
+                   help="pt (default): a torch file for tna-eval and tna-explain; nir: a NIR graph (HDF5) for "
+                        "SpikingJelly, snnTorch, Norse and neuromorphic tool chains, read back by tna-eval")
+    p.add_argument("--dt", type=float, help="nir: the time step in seconds that maps tau in steps to NIR's tau in "
+                                            "seconds (default 1e-4, as the peers' NIR importers assume)")
+    p.add_argument("--strict-threshold", action="store_true",
+                   help="nir: write each threshold one float32 step lower, so that NIR's v > threshold (snnTorch, "
+                        "Norse, hardware) fires where our v >= threshold does")
     args = p.parse_args(argv)
     from .deploy import export_run
 
     try:
-        info = export_run(args.run_dir, args.out)
-    except USER_ERRORS as error:
+        if args.format == "pt":
+            if args.dt is not None or args.strict_threshold:
+                raise ConfigError("--dt and --strict-threshold apply to --format nir")
+            info = export_run(args.run_dir, args.out)
+        else:
+            from .nir_io import export_run_nir
+
+            dt = 1e-4 if args.dt is None else args.dt
+            if not 0 < dt < float("inf"):
+                raise ConfigError(f"--dt must be a positive number of seconds, got {dt:g}")
+            info = export_run_nir(args.run_dir, args.out, dt, args.strict_threshold)
+    except (*USER_ERRORS, NIRError) as error:
         return _fail("tna-export", error)
+    if args.format == "nir":
+        print(f"tna-export: wrote {args.out} (NIR graph of {info['nodes']} nodes, {info['bytes'] / 1024:.1f} KiB, "
+              f"dt={dt:g} s, after {info['epochs']} epochs)")
+        return 0
     print(f"tna-export: wrote {args.out} ({info['bytes'] / 1024:.1f} KiB of weights, {info['nonzero_weights']} of "
           f"them non-zero, after {info['epochs']} epochs)")
     return 0
 
 
 def eval_main(argv=None) -> int:
-    """``tna-eval model.pt [--dataset D] [--data-dir DIR]``: test accuracy and firing rate of a deployed model."""
-    p = argparse.ArgumentParser(prog="tna-eval", description="Evaluate a model written by tna-export.")
+    """``tna-eval MODEL [--dataset D] [--data-dir DIR]``: test accuracy and firing rate of a deployed model (a file
+    from ``tna-export``, ``--format pt`` or ``nir``)."""
+    p = argparse.ArgumentParser(prog="tna-eval", description="Evaluate a model written by tna-export (a .pt file, "
+                                                             "or a NIR file from --format nir).")
     p.add_argument("model")
     p.add_argument("--dataset", help="dataset to test on (default: the one it was trained on)")
     p.add_argument("--data-dir", help="folder holding the dataset (default: the training run's)")
@@ -327,17 +354,20 @@ def eval_main(argv=None) -> int:
     args = p.parse_args(argv)
     from .data import load_dataset
     from .deploy import load_deployed
+    from .nir_io import is_nir_file, load_nir_model
     from .trainer import evaluate, resolve_device
 
     try:
-        model, config = load_deployed(args.model)
+        if not Path(args.model).is_file():
+            raise CheckpointError(f"model file {args.model} does not exist")
+        model, config = (load_nir_model if is_nir_file(args.model) else load_deployed)(args.model)
         dataset = args.dataset or config.dataset
         if dataset != config.dataset:
             raise ConfigError(f"{args.model} was trained on {config.dataset}; it cannot be tested on {dataset}")
         data = load_dataset(dataset, args.data_dir or config.data_dir, timesteps=config.timesteps)
         device = resolve_device(args.device)
         result = evaluate(model.to(device), data, args.batch_size, device)
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, NIRError) as error:
         return _fail("tna-eval", error)
     if args.json:
         print(json.dumps({"dataset": dataset, **result}))

@@ -2,10 +2,10 @@
 
 The exported file is a ``torch.save`` dict ``{"format", "kind": "tna-deployed", "config", "structure", "model"}``
 read back with ``weights_only=True``: ``config`` rebuilds the architecture, ``structure`` names the BatchNorms
-folded away, ``model`` is its state_dict. BatchNorm is folded into the preceding convolution (exact up to
-rounding): into a full-precision one's weight and bias, and into a frozen ternary one's per-channel scale, codes
-and a new bias: a channel whose BatchNorm factor is negative has its codes negated (exact for codes in
-{-1, 0, 1}) and takes the factor's absolute value into its scale."""
+folded away, ``model`` is its state_dict. BatchNorm is folded (``tna_kernels.nn.fold``) into the preceding
+convolution (exact up to rounding): into a full-precision one's weight and bias, and into a frozen ternary one's
+per-channel scale, codes and a new bias: a channel whose BatchNorm factor is negative has its codes negated (exact
+for codes in {-1, 0, 1}) and takes the factor's absolute value into its scale."""
 import copy
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import tna_kernels.nn as tnn
-from tna_kernels.ops.ternary.format import pack_ternary, unpack_ternary
+from tna_kernels.nn.fold import fold_batchnorm, fold_batchnorm_ternary
 
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
@@ -22,38 +22,6 @@ from .network import build_network
 from .pruning import load_state, nonzero_weights, strip_masks_
 
 DEPLOYED_KIND = "tna-deployed"
-
-
-def _batchnorm_affine(bn: nn.BatchNorm2d, bias) -> tuple:
-    """``(factor, shift)`` ``[C]`` with ``bn(y + bias) = y * factor + shift`` in eval mode (``bias`` may be None)."""
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
-    return factor, bn.bias + (bias - bn.running_mean) * factor
-
-
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv equal (in eval mode) to ``bn(conv(x))``; ``conv`` must be a full-precision nn.Conv2d."""
-    fused = copy.deepcopy(conv)
-    factor, shift = _batchnorm_affine(bn, conv.bias)
-    fused.weight = nn.Parameter((conv.weight * factor.view(-1, 1, 1, 1)).detach())
-    fused.bias = nn.Parameter(shift.detach())
-    return fused
-
-
-def fold_batchnorm_ternary(conv: tnn.TernaryConv2d, bn: nn.BatchNorm2d) -> tnn.TernaryConv2d:
-    """A frozen TernaryConv2d equal (in eval mode, up to float32 rounding) to ``bn(conv(x))``; ``conv`` must be
-    frozen. Per output channel, factor f: the codes are negated where f < 0 (a TTQ scale ``[2, O]`` swaps its
-    rows there: they belong to codes 1 and -1), the scale becomes ``|f| x scale`` and the shift the bias ``[O]``."""
-    fused = copy.deepcopy(conv)
-    factor, shift = _batchnorm_affine(bn, conv.bias)
-    negative = factor < 0
-    shape = (conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size)
-    codes = unpack_ternary(conv.packed, shape)
-    fused.packed.copy_(pack_ternary(torch.where(negative.view(-1, 1, 1, 1), -codes, codes)))
-    scale = torch.where(negative, conv.scale.flip(0), conv.scale) if conv.scale.dim() == 2 else conv.scale
-    fused.scale.copy_(scale * factor.abs())
-    fused.bias = nn.Parameter(shift.detach())
-    return fused
 
 
 def _fold_all(model: nn.Module) -> int:

@@ -164,15 +164,8 @@ class SpikingResNet19(SpikingNetwork):
         self.classifier = precision.linear(hidden, num_classes, spike_input=True, edge=True)
 
 
-class TimeFolded(nn.Module):
-    """Wrap a per-sample module (pooling, flatten, linear) to run on time-major ``[T, B, ...]`` input."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: Tensor) -> Tensor:
-        return fold(self.module, x)
+# wraps a per-sample module (pooling, flatten, linear) to run on time-major [T, B, ...] input
+TimeFolded = tnn.MultiStep
 
 
 _CLASSES = {"convnet": SpikingConvNet, "mlp": SpikingMLP, "vgg11": SpikingVGG11, "resnet19": SpikingResNet19}

@@ -1,4 +1,6 @@
 """The public function and custom ops: argument errors, backend choice, opcheck, torch.compile."""
+import math
+
 import pytest
 import torch
 
@@ -36,6 +38,29 @@ def test_bad_arguments_get_clear_errors(make_args, error, match):
     x, kwargs = make_args()
     with pytest.raises(error, match=match):
         lif_multistep(x, **kwargs)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_infinite_tau_integrates_without_leak(backend):
+    """``tau=math.inf`` with ``decay_input=False`` is integrate-and-fire: ``h = v + x``; gradients as the reference."""
+    device = kernel_device(backend)
+    x = (torch.rand(9, 3, 7, generator=torch.Generator().manual_seed(0)) * 0.6).to(device)
+    v, want = torch.zeros(3, 7, device=device), []
+    for x_t in x:
+        h = v + x_t
+        want.append((h >= 1).float())
+        v = torch.where(h >= 1, torch.zeros_like(h), h)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    results = {}
+    for name in (backend, "torch"):
+        x_leaf = x.clone().requires_grad_(True)
+        spikes, v_last = lif_multistep(x_leaf, tau=math.inf, decay_input=False, return_state=True, backend=name)
+        spikes.backward(grad)
+        results[name] = (spikes.detach(), v_last.detach(), x_leaf.grad)
+        assert torch.equal(spikes, torch.stack(want)) and torch.equal(v_last, v), name
+    torch.testing.assert_close(results[backend][2], results["torch"][2])
+    with pytest.raises(TypeError, match="finite float"):
+        lif_multistep(x, v_threshold=math.inf)
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):

@@ -289,8 +289,9 @@ def _as_parameter(name: str, value, x: Tensor, dtype: torch.dtype) -> Tensor:
                     f"(x is [T, B, C, ...] = {tuple(x.shape)}), got shape {tuple(value.shape)}"
                 )
         return value.reshape(-1).to(dtype)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite float or a tensor, got {value!r}")
+    infinite_tau = name == "tau" and value == math.inf  # no leak: an integrate-and-fire neuron
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) or infinite_tau):
+        raise TypeError(f"{name} must be a finite float (tau may be math.inf) or a tensor, got {value!r}")
     return torch.full((1,), float(value), dtype=dtype, device=x.device)
 
 
@@ -350,7 +351,8 @@ def lif_multistep(
             float16 or float64; any memory layout.
         tau: membrane time constant >= 1: a float, a one-element tensor, or a length-C tensor for
             per-channel values (C = ``x.shape[2]``). Tensors may require grad; their values are not
-            checked (that would synchronize the device).
+            checked (that would synchronize the device). ``math.inf`` with ``decay_input=False`` is an
+            integrate-and-fire neuron without leak (``h = v + x``).
         v_threshold: firing threshold, same forms as ``tau``.
         v_reset: hard-reset potential, or None for soft reset (subtract the threshold).
         decay_input: whether the input is divided by tau (SpikingJelly's ``decay_input``).
