@@ -9,9 +9,10 @@ from torch import nn
 
 import tna_kernels.nn as tnn
 from tna.config import TrainConfig
-from tna.deploy import deployable, export_run, fold_batchnorm_ternary, load_deployed
+from tna.deploy import deployable, export_run, load_deployed
 from tna.models import Precision, build_model, spiking_layers
 from tna.trainer import Trainer
+from tna_kernels.nn.fold import fold_batchnorm_ternary
 
 pytest.importorskip("sklearn")
 

@@ -1,4 +1,5 @@
-"""Spiking VGG-11, spiking ResNet-19, a small spiking convnet and a spiking LeNet-300-100, time-major inside, time-averaged logits out.
+"""Spiking VGG-11, spiking ResNet-19, a small spiking convnet and a spiking LeNet-300-100: time-major inside,
+time-averaged logits out.
 
 Input: images ``[B, C, H, W]`` (direct encoding: the same image at each of the T timesteps) or event
 frames ``[B, T, C, H, W]``. Output: logits ``[B, num_classes]``, the average over timesteps of the
@@ -73,9 +74,9 @@ class SpikingConvNet(SpikingNetwork):
         h, w = -(-h // stride), -(-w // stride)
         self.stem = _stem(precision, c, c1, tau, timesteps, is_events, stride)
         self.body = nn.Sequential(
-            ConvBNLIF(precision, c1, c2, tau), TimeFolded(tnn.MaxPool2d(2)),
-            ConvBNLIF(precision, c2, c2, tau), TimeFolded(tnn.MaxPool2d(2)),
-            TimeFolded(nn.Flatten()),
+            ConvBNLIF(precision, c1, c2, tau), tnn.MultiStep(tnn.MaxPool2d(2)),
+            ConvBNLIF(precision, c2, c2, tau), tnn.MultiStep(tnn.MaxPool2d(2)),
+            tnn.MultiStep(nn.Flatten()),
         )
         self.classifier = precision.linear(c2 * (h // 4) * (w // 4), num_classes, spike_input=False, edge=True)
 
@@ -91,7 +92,7 @@ class SpikingMLP(SpikingNetwork):
         features = math.prod(input_shape)
         hidden1, hidden2 = _width(300, width), _width(100, width)
         if is_events:
-            self.stem = nn.Sequential(TimeFolded(nn.Flatten()),
+            self.stem = nn.Sequential(tnn.MultiStep(nn.Flatten()),
                                       LinearBNLIF(precision, features, hidden1, tau, spike_input=False, edge=True))
         else:
             self.stem = StaticLinearStem(precision, features, hidden1, tau, timesteps)
@@ -111,12 +112,12 @@ class SpikingVGG11(SpikingNetwork):
         layers, channels, pools = [], plan[0], 0
         for step in plan[1:]:
             if step == "pool":
-                layers.append(TimeFolded(tnn.MaxPool2d(2)))
+                layers.append(tnn.MultiStep(tnn.MaxPool2d(2)))
                 pools += 1
             else:
                 layers.append(ConvBNLIF(precision, channels, step, tau))
                 channels = step
-        layers += [TimeFolded(nn.AdaptiveAvgPool2d(1)), TimeFolded(nn.Flatten())]
+        layers += [tnn.MultiStep(nn.AdaptiveAvgPool2d(1)), tnn.MultiStep(nn.Flatten())]
         self.body = nn.Sequential(*layers)
         self.classifier = precision.linear(channels, num_classes, spike_input=False, edge=True)
 
@@ -158,14 +159,10 @@ class SpikingResNet19(SpikingNetwork):
                 blocks.append(SpikingBasicBlock(precision, channels, out_channels, stride if i == 0 else 1, tau))
                 channels = out_channels
         hidden = _width(256, width)
-        blocks += [TimeFolded(nn.AdaptiveAvgPool2d(1)), TimeFolded(nn.Flatten()),
-                   TimeFolded(precision.linear(channels, hidden, spike_input=False)), neurons(tau)]
+        blocks += [tnn.MultiStep(nn.AdaptiveAvgPool2d(1)), tnn.MultiStep(nn.Flatten()),
+                   tnn.MultiStep(precision.linear(channels, hidden, spike_input=False)), neurons(tau)]
         self.body = nn.Sequential(*blocks)
         self.classifier = precision.linear(hidden, num_classes, spike_input=True, edge=True)
-
-
-# wraps a per-sample module (pooling, flatten, linear) to run on time-major [T, B, ...] input
-TimeFolded = tnn.MultiStep
 
 
 _CLASSES = {"convnet": SpikingConvNet, "mlp": SpikingMLP, "vgg11": SpikingVGG11, "resnet19": SpikingResNet19}
