@@ -337,8 +337,9 @@ __attribute__((always_inline)) inline void prefetch_at(const R* p, int64_t i) {
 // ----------------------------------------------------------------------------------------------
 // Forward
 // ----------------------------------------------------------------------------------------------
-// The forward over T steps of one chunk of len neurons. x and spikes are the chunk's first row, with
-// rows N apart; u (SAVE) the first row of the saved u = h - v_threshold, with rows u_stride apart.
+// The forward over T steps of one chunk of len neurons. x is the chunk's first row, with rows x_step apart (N,
+// or 0 for an input repeated over T); spikes likewise with rows N apart; u (SAVE) the first row of the saved
+// u = h - v_threshold, with rows u_stride apart.
 // v holds the membrane (v_init on entry, v_T on exit), tl / th the chunk's tau / v_threshold.
 // SPIKES: write the spikes (the backward's recompute only needs u). stream: write spikes and u with
 // non-temporal stores. Returns the number of spikes when COUNT (SPIKES too), else 0: each line of spikes,
@@ -348,9 +349,9 @@ __attribute__((always_inline)) inline void prefetch_at(const R* p, int64_t i) {
 // kMaxChunk / kLine <= 512 per row.
 template <typename S, bool DECAY, bool SOFT, bool SPIKES, bool SAVE, bool COUNT>
 inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u,
-                             int64_t N, int64_t u_stride, int64_t T, int64_t len, acc_t<S>* __restrict v,
-                             const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th, acc_t<S> vr,
-                             bool stream) {
+                             int64_t x_step, int64_t N, int64_t u_stride, int64_t T, int64_t len,
+                             acc_t<S>* __restrict v, const acc_t<S>* __restrict tl, const acc_t<S>* __restrict th,
+                             acc_t<S> vr, bool stream) {
   using A = acc_t<S>;
   using R = raw_t<S>;
   // integers as wide as R: a line of raw spikes, and the counters (negative: a true comparison is -1)
@@ -362,13 +363,13 @@ inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict 
   alignas(64) R s_line[kLine];
   alignas(64) R u_line[kLine];
   for (int64_t t = 0; t < T; ++t) {
-    const R* __restrict xr = x + t * N;
+    const R* __restrict xr = x + t * x_step;
     R* __restrict sr = SPIKES ? spikes + t * N : nullptr;
     R* __restrict ur = SAVE ? u + t * u_stride : nullptr;
     const bool more = t + 1 < T;
     const auto ahead = [&](int64_t i) __attribute__((always_inline)) {
       if (more) {
-        prefetch_at<0>(xr + N, i);
+        if (x_step != 0) prefetch_at<0>(xr + x_step, i);
         if (!stream) {
           if constexpr (SPIKES) prefetch_at<1>(sr + N, i);
           if constexpr (SAVE) prefetch_at<1>(ur + u_stride, i);
@@ -427,9 +428,10 @@ inline int64_t forward_chunk(const raw_t<S>* __restrict x, raw_t<S>* __restrict 
 // Returns the number of spikes when COUNT (else 0): the chunks' counts, summed in a fixed order after the
 // parallel loop.
 template <typename S, bool DECAY, bool SOFT, bool SAVE, bool COUNT>
-int64_t forward_impl(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, raw_t<S>* __restrict u_out,
-                     acc_t<S>* __restrict v_last, const acc_t<S>* tau, const acc_t<S>* vth, const acc_t<S>* v_init,
-                     double v_reset, int64_t T, int64_t N, int64_t inner, int64_t P, bool stream) {
+int64_t forward_impl(const raw_t<S>* __restrict x, int64_t x_step, raw_t<S>* __restrict spikes,
+                     raw_t<S>* __restrict u_out, acc_t<S>* __restrict v_last, const acc_t<S>* tau,
+                     const acc_t<S>* vth, const acc_t<S>* v_init, double v_reset, int64_t T, int64_t N, int64_t inner,
+                     int64_t P, bool stream) {
   using A = acc_t<S>;
   const A vr = static_cast<A>(v_reset);
   const int64_t chunk = chunk_for(N);
@@ -450,7 +452,7 @@ int64_t forward_impl(const raw_t<S>* __restrict x, raw_t<S>* __restrict spikes, 
         std::fill(v, v + len, vr);
       }
       const int64_t count = forward_chunk<S, DECAY, SOFT, true, SAVE, COUNT>(
-          x + n0, spikes + n0, SAVE ? u_out + n0 : nullptr, N, N, T, len, v, tl, th, vr, stream);
+          x + n0, spikes + n0, SAVE ? u_out + n0 : nullptr, x_step, N, N, T, len, v, tl, th, vr, stream);
       std::copy(v, v + len, v_last + n0);
       if constexpr (COUNT) counts[c] = count;
     }
@@ -607,8 +609,8 @@ void backward_impl(const BwdArgs<S>& a) {
       int64_t u_stride = N;
       if (a.recompute) {  // itau holds tau and gv the membrane until they are set below
         std::copy(v0, v0 + len, gv);
-        forward_chunk<S, DECAY, SOFT, false, true, false>(a.saved + n0, nullptr, scratch.data(), N, len, T, len, gv,
-                                                          itau, th, vr, false);
+        forward_chunk<S, DECAY, SOFT, false, true, false>(a.saved + n0, nullptr, scratch.data(), N, N, len, T, len,
+                                                          gv, itau, th, vr, false);
         u_rows = scratch.data();
         u_stride = len;
       }
@@ -697,9 +699,12 @@ void check_params(const at::Tensor& x, const at::Tensor& tau, const at::Tensor& 
   }
 }
 
-void check_x(const at::Tensor& x, const char* name) {
+// x [T, N] contiguous or, where `repeated` may be, one contiguous row repeated over T (stride 0 along T).
+void check_x(const at::Tensor& x, const char* name, bool repeated = false) {
   TORCH_CHECK(x.dim() == 2, "lif: ", name, " must be 2-D [T, N], got shape ", x.sizes());
-  TORCH_CHECK(x.is_contiguous(), "lif: ", name, " must be contiguous");
+  TORCH_CHECK(x.is_contiguous() || (repeated && x.stride(0) == 0 && x[0].is_contiguous()), "lif: ", name,
+              repeated ? " must be contiguous or a contiguous row repeated over T (stride 0 along T)"
+                       : " must be contiguous");
   TORCH_CHECK(x.device().is_cpu(), "lif: ", name, " must be a CPU tensor");
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, "lif: ", name,
@@ -710,7 +715,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forward(
     const at::Tensor& x, const at::Tensor& tau, const at::Tensor& v_threshold,
     const std::optional<at::Tensor>& v_init, double v_reset, bool soft_reset, bool decay_input,
     int64_t inner, bool save_state, bool count_spikes, bool stream) {
-  check_x(x, "x");
+  check_x(x, "x", /*repeated=*/true);
   check_params(x, tau, v_threshold, v_init, inner);
   const int64_t T = x.size(0), N = x.size(1), P = tau.numel();
   const auto sd = state_dtype(x.scalar_type());
@@ -733,7 +738,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_forward(
     const A* vi = v_init.has_value() ? v_init->data_ptr<A>() : nullptr;
     auto run = [&](auto decay_c, auto soft_c, auto save_c, auto count_c) {
       total = forward_impl<S, decltype(decay_c)::value, decltype(soft_c)::value, decltype(save_c)::value,
-                           decltype(count_c)::value>(xp, sp, up, vl, tp, hp, vi, v_reset, T, N, inner, P, stream);
+                           decltype(count_c)::value>(xp, x.stride(0), sp, up, vl, tp, hp, vi, v_reset, T, N, inner,
+                                                     P, stream);
     };
     using TT = std::true_type;
     using FF = std::false_type;

@@ -63,6 +63,34 @@ def test_infinite_tau_integrates_without_leak(backend):
         lif_multistep(x, v_threshold=math.inf)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_input_repeated_over_time_is_read_in_place(dtype, per_channel):
+    """A static input expanded over T (stride 0 along T) runs without a copy in inference and gives the same spikes,
+    state and count as the contiguous copy and as the reference; with gradients it is copied as before."""
+    generator = torch.Generator().manual_seed(int(per_channel))
+    step = (torch.rand(2, 5, 3, 3, generator=generator) * 1.5).to(dtype)
+    x = step.unsqueeze(0).expand(6, *step.shape)
+    tau = torch.rand(5, generator=generator) + 1.5 if per_channel else 2.0
+    options = dict(tau=tau, v_threshold=0.9, return_state=True, return_count=True)
+    with torch.no_grad():
+        got = lif_multistep(x, backend="cpp", **options)
+        copied = lif_multistep(x.contiguous(), backend="cpp", **options)
+        want = lif_multistep(x.contiguous(), backend="torch", **options)
+    for a, b, c in zip(got, copied, want):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    leaf = step.float().requires_grad_(True)
+    spikes = lif_multistep(leaf.unsqueeze(0).expand(6, *step.shape), backend="cpp", tau=2.0, v_threshold=0.9)
+    spikes.sum().backward()
+    reference = step.float().requires_grad_(True)
+    lif_multistep(reference.unsqueeze(0).expand(6, *step.shape), backend="torch", tau=2.0,
+                  v_threshold=0.9).sum().backward()
+    torch.testing.assert_close(leaf.grad, reference.grad)
+    with pytest.raises(RuntimeError, match="repeated over T"):
+        torch.ops.tna_cpp.lif_forward(x.float().reshape(6, -1)[:, ::2], torch.ones(1), torch.ones(1), None, 0.0,
+                                      False, True, 1, False, False, False)
+
+
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="needs CUDA tensors"):

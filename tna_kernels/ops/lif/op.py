@@ -72,6 +72,11 @@ def _inner(shape, num_params: int) -> int:
     return math.prod(shape[3:]) if num_params > 1 else 1
 
 
+def _repeated_over_time(x: Tensor) -> bool:
+    """Whether x ``[T, *]`` is one contiguous step repeated over T (stride 0 along T, as ``expand`` makes it)."""
+    return x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0 and x[0].is_contiguous()
+
+
 def lif_forward(
     x: Tensor,
     tau: Tensor,
@@ -83,7 +88,8 @@ def lif_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused LIF forward over all T steps.
 
-    x ``[T, *]`` contiguous; tau, v_threshold ``[P]`` in the state dtype; v_init ``[*]`` state dtype or None;
+    x ``[T, *]`` contiguous, or for the C++ backend one contiguous step repeated over T (stride 0 along T);
+    tau, v_threshold ``[P]`` in the state dtype; v_init ``[*]`` state dtype or None;
     ``scalars`` = ``[v_reset, alpha]``; ``flags`` = ``[soft_reset, decay_input, detach_reset, surrogate id,
     save_state, count_spikes]`` (``_forward_flags``). The options travel in two lists because the
     autograd wrapper of a custom op spends time quadratic in its number of arguments on every call.
@@ -410,6 +416,10 @@ def lif_multistep(
             forward = lif_forward_op
         else:
             forward = _EagerLIF.apply if needs_grad else lif_forward
-        spikes, v_last, _, count = forward(x.contiguous(), tau_t, v_threshold_t, v_init_t, scalars, flags, backend)
+        # the C++ forward reads an input repeated over T (a static image's current, expanded) in place
+        in_place = (backend == "cpp" and not needs_grad and not torch.compiler.is_compiling()
+                    and _repeated_over_time(x))
+        spikes, v_last, _, count = forward(x if in_place else x.contiguous(), tau_t, v_threshold_t, v_init_t, scalars,
+                                           flags, backend)
     outputs = (spikes,) + ((v_last,) if return_state else ()) + ((count,) if return_count else ())
     return outputs if len(outputs) > 1 else spikes
