@@ -95,6 +95,15 @@ def map_correlations(first: Tensor, second: Tensor) -> np.ndarray:
     return np.asarray(rows, dtype=float)
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without what its last forward left on its modules in the autograd graph (a
+    layer's firing rate after a forward with gradients, which deepcopy refuses): those attributes are None in
+    the copy until its next forward."""
+    memo = {id(value): None for module in model.modules() for value in vars(module).values()
+            if isinstance(value, Tensor) and not value.is_leaf}
+    return copy.deepcopy(model, memo)
+
+
 def cascading_randomization(model: nn.Module, inputs: Tensor, labels: Tensor, baseline: Tensor, methods,
                             settings: MethodSettings = MethodSettings(), seed: int = 0, progress=None) -> dict:
     """``{"layers": [names, top first], "spearman": {method: [mean correlation after each step]}}``; the model
@@ -106,7 +115,7 @@ def cascading_randomization(model: nn.Module, inputs: Tensor, labels: Tensor, ba
         return result
 
     trained = {method: maps_of(model, method) for method in methods}
-    randomized = copy.deepcopy(model)
+    randomized = copy_model(model)
     generator = torch.Generator().manual_seed(seed)
     layers = weight_layers(randomized)
     curves = {method: [] for method in methods}

@@ -79,6 +79,18 @@ def test_map_correlations():
     assert list(sanity.map_correlations(maps, zeros)) == [0.0, 0.0, 0.0]
 
 
+def test_cascading_randomization_after_a_forward_with_gradients():
+    """A method whose last forward kept gradients leaves firing rates in the autograd graph on the model: the
+    randomized copy is still made, and the model keeps its weights."""
+    model = deployable(spiking_convnet("fp"))
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    inputs, labels = torch.randn(2, 1, 8, 8), torch.tensor([0, 1])
+    result = sanity.cascading_randomization(model, inputs, labels, torch.zeros_like(inputs), ["saliency"], SMALL)
+    assert not all(layer.rate.is_leaf for layer in spiking_layers(model).values())
+    assert len(result["spearman"]["saliency"]) == len(sanity.weight_layers(model))
+    assert all(torch.equal(value, model.state_dict()[name]) for name, value in state.items())
+
+
 @pytest.mark.parametrize("weights", ["fp", "ternary"])
 def test_cascading_randomization(weights, tmp_path):
     model = deployable(spiking_convnet(weights))
