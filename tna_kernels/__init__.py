@@ -6,6 +6,6 @@ from .ops.ternary import pack_ternary, ternarize, ternary_conv2d, ternary_linear
 
 __version__ = "0.1.0"
 __all__ = [
-    "convert", "lif_multistep", "nir", "nn", "build_extensions", "cpu_isa", "host_cpu_isas", "pack_ternary", "ternarize",
-    "ternary_conv2d", "ternary_linear", "unpack_ternary", "__version__",
+    "convert", "lif_multistep", "nir", "nn", "build_extensions", "cpu_isa", "host_cpu_isas", "pack_ternary",
+    "ternarize", "ternary_conv2d", "ternary_linear", "unpack_ternary", "__version__",
 ]

@@ -442,4 +442,5 @@ def explain_main(argv=None) -> int:
     return 0
 
 
-__all__ = ["eval_main", "explain_main", "explain_parser", "export_main", "plan_runs", "prune_main", "prune_parser", "train_main", "train_parser"]
+__all__ = ["eval_main", "explain_main", "explain_parser", "export_main", "plan_runs", "prune_main", "prune_parser",
+           "train_main", "train_parser"]
