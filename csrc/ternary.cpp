@@ -7,8 +7,10 @@
 // - event-driven: each input that spiked adds its int8 column of codes to the outputs, so the cost follows the
 //   number of spikes (see the section below).
 // Both apply the scale once, in float32, as tna_kernels/ops/ternary/reference.py does. The conv2d packs the spike
-// image once into channel bits per pixel and gathers the bit rows of the receptive fields a few output pixels at a
-// time (a bit im2col, 32x smaller than a float one, never built for the whole image), which either kernel takes.
+// image once into channel bits per pixel. The dense kernel gathers the bit rows of the receptive fields a few
+// output pixels at a time (a bit im2col, 32x smaller than a float one, never built for the whole image); the
+// event-driven one lists each input pixel's spiking channels once and adds, for each output pixel, the columns of
+// those channels under each tap.
 // The weight's re-layouts for both (the CPU layout) can be cached by a caller whose weight does not change.
 // Real-valued x (float32): blocks of the weight are decoded into a small float tile (scale included) and
 // multiplied with register-blocked fused multiply-adds. The same routine computes the input gradient
@@ -136,7 +138,7 @@ typedef int32_t i32x8 __attribute__((vector_size(32)));
 constexpr int64_t kTileBytes = 1024 * 1024;  // most bytes of a column tile (L2 holds half of it or more)
 constexpr int64_t kEventsPerFlush = 127;      // int8 sums of codes in {-1, 0, 1} stay exact this long
 constexpr int64_t kFlushesPerWiden = 258;     // and int16 sums of those: 258 * 127 <= 32767
-constexpr int64_t kPrefetchEvents = 16;       // how far ahead add_events prefetches tile rows
+constexpr int64_t kPrefetchEvents = 16;       // how far ahead add_runs prefetches tile rows
 
 // The vectors of 32 output lanes (1, 2 or 4) per column-tile row for R inputs and N outputs.
 inline int tile_vectors(int64_t R, int64_t N) {
@@ -189,7 +191,7 @@ void event_offsets(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64
 }
 
 // The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1])
-// (offsets: event_offsets), followed by kPrefetchEvents zeros (add_events reads that far ahead). A word's bits
+// (offsets: event_offsets), followed by kPrefetchEvents zeros (add_runs reads that far ahead). A word's bits
 // are listed four at a time, the slots past its last bit filled with junk that the next word's indices
 // overwrite (so the loop branches once per four bits, not once per bit); near the end of a row, one at a time.
 void list_events(const uint64_t* bits, int64_t M, int64_t W, const std::vector<int64_t>& offsets,
@@ -239,40 +241,66 @@ inline void widen_add(const i16x16& narrow, int32_t* wide) {
   }
 }
 
-// sum[l] += the codes of lane l of tile rows events[0 .. count) for l < 32V, and abs_sum likewise with |code|
-// (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads events[count + kPrefetchEvents - 1].
-// The codes add up in int8 lanes for kEventsPerFlush events, which add into int16 lanes for kFlushesPerWiden
-// flushes, which add into sum: exact at every step.
+// A run of events: tile rows tile + events[e] * 32V for e < count.
+struct EventRun {
+  const int8_t* tile;
+  const int32_t* events;
+  int64_t count;
+};
+
+// sum[l] += the codes of lane l of the tile rows of runs[0 .. n) for l < 32V, and abs_sum likewise with |code|
+// (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads each run's events kPrefetchEvents
+// past its end. The codes add up in int8 lanes for kEventsPerFlush rows, which add into int16 lanes for
+// kFlushesPerWiden flushes, which add into sum: exact at every step.
 template <int V, bool ABS>
-inline void add_events(const int8_t* tile, const int32_t* events, int64_t count, int32_t* sum, int32_t* abs_sum) {
-  constexpr int64_t kEventsPerWiden = kEventsPerFlush * kFlushesPerWiden;
-  for (int64_t w0 = 0; w0 < count; w0 += kEventsPerWiden) {
-    const int64_t w1 = std::min(count, w0 + kEventsPerWiden);
-    i16x16 s16[V][2] = {}, a16[ABS ? V : 1][2] = {};
-    for (int64_t e0 = w0; e0 < w1; e0 += kEventsPerFlush) {
-      const int64_t e1 = std::min(w1, e0 + kEventsPerFlush);
-      i8x32 s[V] = {}, a[ABS ? V : 1] = {};
+inline void add_runs(const EventRun* runs, int64_t n, int32_t* sum, int32_t* abs_sum) {
+  i8x32 s8[V] = {}, a8[ABS ? V : 1] = {};
+  i16x16 s16[V][2] = {}, a16[ABS ? V : 1][2] = {};
+  int64_t rows = 0, flushes = 0;  // rows in the int8 sums, flushes in the int16 sums
+  auto flush = [&] {
+    for (int v = 0; v < V; ++v) {
+      widen_add(s8[v], s16[v]);
+      s8[v] = i8x32{};
+      if constexpr (ABS) {
+        widen_add(a8[v], a16[v]);
+        a8[v] = i8x32{};
+      }
+    }
+    rows = 0;
+    if (++flushes < kFlushesPerWiden) return;
+    for (int v = 0; v < V; ++v)
+      for (int h = 0; h < 2; ++h) {
+        widen_add(s16[v][h], sum + 32 * v + 16 * h);
+        s16[v][h] = i16x16{};
+        if constexpr (ABS) {
+          widen_add(a16[v][h], abs_sum + 32 * v + 16 * h);
+          a16[v][h] = i16x16{};
+        }
+      }
+    flushes = 0;
+  };
+  for (int64_t r = 0; r < n; ++r) {
+    const int8_t* tile = runs[r].tile;
+    const int32_t* events = runs[r].events;
+    for (int64_t e0 = 0; e0 < runs[r].count;) {
+      const int64_t e1 = std::min(runs[r].count, e0 + kEventsPerFlush - rows);
       for (int64_t e = e0; e < e1; ++e) {
         __builtin_prefetch(tile + static_cast<int64_t>(events[e + kPrefetchEvents]) * (32 * V));
         const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
         for (int v = 0; v < V; ++v) {
           i8x32 code;
           std::memcpy(&code, row + 32 * v, sizeof code);
-          s[v] += code;
-          if constexpr (ABS) a[v] += code & 1;
+          s8[v] += code;
+          if constexpr (ABS) a8[v] += code & 1;
         }
       }
-      for (int v = 0; v < V; ++v) {
-        widen_add(s[v], s16[v]);
-        if constexpr (ABS) widen_add(a[v], a16[v]);
-      }
+      rows += e1 - e0;
+      e0 = e1;
+      if (rows == kEventsPerFlush) flush();
     }
-    for (int v = 0; v < V; ++v)
-      for (int h = 0; h < 2; ++h) {
-        widen_add(s16[v][h], sum + 32 * v + 16 * h);
-        if constexpr (ABS) widen_add(a16[v][h], abs_sum + 32 * v + 16 * h);
-      }
   }
+  flushes = kFlushesPerWiden - 1;  // the last flush widens
+  flush();
 }
 
 // The sums of `rows` rows of events (listed as by list_events, row r at offsets[r]) over column tile `tile`
@@ -283,8 +311,8 @@ void event_sums(const int8_t* tile, const int64_t* offsets, const int32_t* event
   for (int64_t r = 0; r < rows; ++r) {
     std::fill(sums + r * ld, sums + r * ld + 32 * V, 0);
     if constexpr (ABS) std::fill(abs_sums + r * ld, abs_sums + r * ld + 32 * V, 0);
-    add_events<V, ABS>(tile, events + offsets[r], offsets[r + 1] - offsets[r], sums + r * ld,
-                       ABS ? abs_sums + r * ld : nullptr);
+    const EventRun run{tile, events + offsets[r], offsets[r + 1] - offsets[r]};
+    add_runs<V, ABS>(&run, 1, sums + r * ld, ABS ? abs_sums + r * ld : nullptr);
   }
 }
 
@@ -308,7 +336,7 @@ void dispatch_events(int V, bool asymmetric, F&& f) {
 #if TNA_HAVE_VPOPCNT
 constexpr double kEventDensity = 0.15;
 #else
-constexpr double kEventDensity = 0.4;
+constexpr double kEventDensity = 0.6;
 #endif
 
 enum class SpikeKernel { automatic, dense, events };
@@ -571,6 +599,21 @@ void to_conv_bit_planes(const int32_t* packed, int64_t W16, const ConvShape& s, 
   });
 }
 
+// Calls f(tap, ih, iw) for each tap = i * kw + j of output pixel l (l = oh * Wo + ow) whose input pixel (ih, iw)
+// is inside the image.
+template <typename F>
+inline void for_each_tap(const ConvShape& s, int64_t l, F&& f) {
+  const int64_t oh = l / s.Wo, ow = l % s.Wo;
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+    if (ih < 0 || ih >= s.H) continue;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const int64_t iw = ow * s.sw - s.pw + j * s.dw;
+      if (iw >= 0 && iw < s.W) f(i * s.kw + j, ih, iw);
+    }
+  }
+}
+
 // The bit rows `rows` [l1 - l0, Wk] of the receptive fields of output pixels l0 .. l1 - 1 (l = oh * Wo + ow) of
 // image b in group g, gathered from the pixel bits [B, H, W, G, Wc]; taps outside the image stay zero.
 void gather_rows(const uint64_t* bits, const ConvShape& s, int64_t b, int64_t g, int64_t l0, int64_t l1,
@@ -578,23 +621,16 @@ void gather_rows(const uint64_t* bits, const ConvShape& s, int64_t b, int64_t g,
   std::fill(rows, rows + (l1 - l0) * s.Wk, 0);
   for (int64_t l = l0; l < l1; ++l) {
     uint64_t* row = rows + (l - l0) * s.Wk;
-    const int64_t oh = l / s.Wo, ow = l % s.Wo;
-    for (int64_t i = 0; i < s.kh; ++i) {
-      const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-      if (ih < 0 || ih >= s.H) continue;
-      for (int64_t j = 0; j < s.kw; ++j) {
-        const int64_t iw = ow * s.sw - s.pw + j * s.dw;
-        if (iw < 0 || iw >= s.W) continue;
-        const uint64_t* src = bits + (((b * s.H + ih) * s.W + iw) * s.G + g) * s.Wc;
-        for (int64_t w = 0; w < s.Wc; ++w) {
-          const uint64_t v = src[w];
-          const int64_t bit = (i * s.kw + j) * s.Cg + 64 * w, shift = bit % 64;
-          row[bit / 64] |= v << shift;
-          // bits carried into the next word are channel bits, so that word is inside the row
-          if (shift != 0 && (v >> (64 - shift)) != 0) row[bit / 64 + 1] |= v >> (64 - shift);
-        }
+    for_each_tap(s, l, [&](int64_t tap, int64_t ih, int64_t iw) {
+      const uint64_t* src = bits + (((b * s.H + ih) * s.W + iw) * s.G + g) * s.Wc;
+      for (int64_t w = 0; w < s.Wc; ++w) {
+        const uint64_t v = src[w];
+        const int64_t bit = tap * s.Cg + 64 * w, shift = bit % 64;
+        row[bit / 64] |= v << shift;
+        // bits carried into the next word are channel bits, so that word is inside the row
+        if (shift != 0 && (v >> (64 - shift)) != 0) row[bit / 64 + 1] |= v >> (64 - shift);
       }
-    }
+    });
   }
 }
 
@@ -669,6 +705,29 @@ void conv_rows(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus
   if (b < s.Ob) conv_block<MR, 1>(rows, plus, minus, s, m0, b, out);
 }
 
+// The sums of output pixels l0 .. l1 - 1 of image b in group g over column tile `tile` ([T * Cg, 32V], row
+// t * Cg + c for tap t and channel c): for each tap inside the image, the channel events of its input pixel
+// (offsets / events: list_events of the pixel bits [B, H, W, G, Wc] as rows of Wc words), one run per tap
+// (`runs`: room for T). Pixel l's 32V sums at sums[(l - l0) * ld ..], their absolute values' at
+// abs_sums[(l - l0) * ld ..] (ABS).
+template <int V, bool ABS>
+void conv_event_sums(const int8_t* tile, const ConvShape& s, const int64_t* offsets, const int32_t* events,
+                     int64_t b, int64_t g, int64_t l0, int64_t l1, EventRun* runs, int32_t* sums, int32_t* abs_sums,
+                     int64_t ld) {
+  for (int64_t l = l0; l < l1; ++l) {
+    int64_t n = 0;
+    for_each_tap(s, l, [&](int64_t tap, int64_t ih, int64_t iw) {
+      const int64_t pixel = ((b * s.H + ih) * s.W + iw) * s.G + g, first = offsets[pixel];
+      runs[n++] = {tile + tap * s.Cg * 32 * V, events + first, offsets[pixel + 1] - first};
+    });
+    int32_t* sum = sums + (l - l0) * ld;
+    int32_t* abs_sum = ABS ? abs_sums + (l - l0) * ld : nullptr;
+    std::fill(sum, sum + 32 * V, 0);
+    if constexpr (ABS) std::fill(abs_sum, abs_sum + 32 * V, 0);
+    add_runs<V, ABS>(runs, n, sum, abs_sum);
+  }
+}
+
 constexpr int64_t kConvPixels = 64;  // most output pixels per task: their bit rows stay in L1
 
 // The conv of the pixel bits [B, H, W, G, Wc] into y [B, O, Ho, Wo] by the bit-plane popcounts or, `by_events`,
@@ -685,31 +744,34 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
   const auto* tiles = reinterpret_cast<const int8_t*>(layout + size.plane_words);
   const int V = tile_vectors(R, s.Og), lanes = 32 * V;
   const int64_t Ot = (s.Og + lanes - 1) / lanes;
+  std::vector<int64_t> offsets;  // by events: the channel events of every input pixel and group, listed once
+  std::vector<int32_t> events;
+  if (by_events) {
+    event_offsets(bits, s.B * s.H * s.W * s.G, s.Wc, offsets);
+    list_events(bits, s.B * s.H * s.W * s.G, s.Wc, offsets, events);
+  }
   at::parallel_for(0, s.B * s.G * blocks, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<uint64_t> rows(pixels * s.Wk);
-    std::vector<int64_t> offsets;
-    std::vector<int32_t> events;
+    std::vector<uint64_t> rows(by_events ? 0 : pixels * s.Wk);
+    std::vector<EventRun> runs(by_events ? s.T : 0);  // one pixel's taps
     std::vector<int32_t> sums(by_events ? pixels * Ot * lanes : 0), abs_sums(by_events && asymmetric ? sums.size() : 0);
     for (int64_t q = q0; q < q1; ++q) {  // q = (b * G + g) * blocks + block
       const int64_t b = q / (s.G * blocks), g = q / blocks % s.G;
       const int64_t l0 = q % blocks * pixels, l1 = std::min(L, l0 + pixels);
-      gather_rows(bits, s, b, g, l0, l1, rows.data());
       const int64_t n0 = g * s.Og;  // y [B, O, Ho, Wo]: row l - l0 of the block, column n of the group
       const SpikeOutput<Out> out{scale + n0, asymmetric, s.O, bias != nullptr ? bias + n0 : nullptr,
                                  y + (b * s.O + n0) * L + l0, 1, L};
       if (by_events) {
-        event_offsets(rows.data(), l1 - l0, s.Wk, offsets);
-        list_events(rows.data(), l1 - l0, s.Wk, offsets, events);
         const int8_t* group_tiles = tiles + g * tile_bytes(R, s.Og);
         dispatch_events(V, asymmetric, [&](auto width, auto abs) {
           for (int64_t t = 0; t < Ot; ++t)
-            event_sums<decltype(width)::value, decltype(abs)::value>(group_tiles + t * R * lanes, offsets.data(),
-                                                                     events.data(), l1 - l0, sums.data() + t * lanes,
-                                                                     abs_sums.data() + t * lanes, Ot * lanes);
+            conv_event_sums<decltype(width)::value, decltype(abs)::value>(
+                group_tiles + t * R * lanes, s, offsets.data(), events.data(), b, g, l0, l1, runs.data(),
+                sums.data() + t * lanes, abs_sums.data() + t * lanes, Ot * lanes);
         });
         out.store_sums(0, l1 - l0, 0, s.Og, sums.data(), abs_sums.data(), Ot * lanes);
         continue;
       }
+      gather_rows(bits, s, b, g, l0, l1, rows.data());
       const uint64_t* p = plus + g * s.Ob * s.Wk * kLanes;
       const uint64_t* m = minus + g * s.Ob * s.Wk * kLanes;
       int64_t r = 0;

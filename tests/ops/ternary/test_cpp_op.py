@@ -364,6 +364,26 @@ def test_spike_kernels_sum_long_runs_of_equal_codes_exactly(code, asymmetric, k)
         assert torch.equal(torch.ops.tna_cpp.ternary_linear_spikes(x, packed, scale, None, None, kernel), want)
 
 
+@pytest.mark.parametrize("code", [1, -1])
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("channels", [150, 4500])
+def test_spike_conv_sums_long_runs_across_taps_exactly(code, asymmetric, channels):
+    """All-ones spikes on equal codes through a 3x3 conv: the event kernel adds a run of `channels` events per tap
+    (9 at the centre pixel) into the same partial sums, which must stay exact past 127 and 258 x 127 events."""
+    assert cpp_extension_available()
+    n = 70
+    packed = pack_ternary(torch.full((n, channels * 9), code, dtype=torch.int8))
+    scale = torch.rand((2, n) if asymmetric else (n,)) + 0.5
+    x = torch.ones(1, channels, 3, 3)
+    geometry = [[1, 1], [1, 1], [1, 1], 1, [3, 3]]
+    want = ternary_conv2d_reference(x, packed, scale, None, *geometry[:4], kernel_size=geometry[4], spikes=True)
+    plus_or_minus = scale[0 if code == 1 else 1] if asymmetric else scale
+    assert torch.equal(want[0, :, 1, 1], (code * 9 * channels * plus_or_minus.double()).float())
+    for kernel in KERNELS:
+        got = torch.ops.tna_cpp.ternary_conv2d_spikes(x, packed, scale, None, None, *geometry, kernel)
+        assert torch.equal(got, want), kernel
+
+
 def test_spike_kernel_choice_is_checked():
     assert cpp_extension_available()
     _, packed, scale, _ = _weights(3, 20, False, seed=0)
