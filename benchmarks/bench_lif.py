@@ -29,7 +29,7 @@ import sys
 import torch
 
 from common import (
-    device_name, git_commit, memory_pass, parse_args, peak_memory_mib, time_ms, timing_rounds, tune_malloc,
+    device_name, git_commit, goal_lines, memory_pass, parse_args, peak_memory_mib, time_ms, timing_rounds, tune_malloc,
     utc_now, versions, write_results,
 )
 from peers import lif_peers, peer_versions
@@ -48,6 +48,7 @@ BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}
 # Gradient of the spike count (the weight of a spike-count penalty) in the "+ count" entries.
 COUNT_GRAD = 1e-3
 EAGER = "reference (eager)"
+COPY = "x.clone()"
 COMPILED = "reference (torch.compile)"
 
 
@@ -158,22 +159,26 @@ def measure_memory(device: str, quick: bool) -> dict:
 
 
 def bench(device: str, jobs, quick: bool, peaks: dict):
-    """Time every implementation on each ``(shape, dtype)`` of ``jobs``; returns one row per measurement.
+    """Time every implementation on each ``(shape, dtype)`` of ``jobs``; returns one row per measurement, and
+    per job the time of ``x.clone()`` (``_key(COPY, shape, dtype, "forward")`` -> ms), timed in the same rounds.
 
     ``peaks`` holds the CPU peak memory from ``measure_memory`` (on GPU it is measured here).
     """
     from tqdm import tqdm
 
-    rows = []
+    rows, copies = [], {}
     for shape, dtype in tqdm(jobs, desc=f"LIF on {device}", file=sys.stderr):
         impls = implementations(device, dtype)
         x, grad, count_grad = _inputs(shape, dtype, device)
         check(impls, x)
         entries = _entries(impls, x, grad, count_grad)
         times = {(name, mode): [] for name, mode, _ in entries}
+        copy_ms = []
         for _ in range(timing_rounds(device, quick)):
             for name, mode, fn in entries:
                 times[name, mode].append(time_ms(fn, device, quick))
+            copy_ms.append(time_ms(x.clone, device, quick))
+        copies[_key(COPY, shape, dtype, "forward")] = statistics.median(copy_ms)
         if device == "cuda":
             peaks.update({_key(name, shape, dtype, mode): peak_memory_mib(fn, device) for name, mode, fn in entries})
         for (name, mode), ms_list in times.items():
@@ -191,7 +196,31 @@ def bench(device: str, jobs, quick: bool, peaks: dict):
             plain = next(r for r in group if r["impl"] == row["impl"].removesuffix(" + count"))
             row["count_overhead"] = statistics.median(
                 counted / alone for counted, alone in zip(row["round_ms"], plain["round_ms"])) - 1
-    return rows
+    return rows, copies
+
+
+def goals(rows, copies: dict, device: str) -> list:
+    """The CPU goals of the LIF work at the first shape in float32 (none on GPU): forward+backward >= 8x the eager
+    reference and >= 2x its torch.compile; the inference forward within 2x of ``x.clone()`` of the same tensor
+    (value: twice the copy's time over the forward's, target 1)."""
+    if device != "cpu":
+        return []
+    shape, ours = CPU_SHAPES[0], ours_name(device)
+    ms = {(r["impl"], r["mode"]): r["ms"] for r in rows if tuple(r["shape"]) == shape and r["dtype"] == "float32"}
+    copy = copies.get(_key(COPY, shape, torch.float32, "forward"))
+    name = "x".join(map(str, shape))
+    wanted = [(f"LIF forward+backward {name} float32 vs the {EAGER}", 8.0, EAGER, "forward+backward"),
+              (f"LIF forward+backward {name} float32 vs the {COMPILED}", 2.0, COMPILED, "forward+backward")]
+    result = []
+    for goal, target, other, mode in wanted:
+        value = ms[other, mode] / ms[ours, mode] if (other, mode) in ms and (ours, mode) in ms else None
+        result.append(dict(goal=goal, target=target, value=value, met=None if value is None else value >= target))
+    forward = ms.get((ours, "forward"))
+    value = 2 * copy / forward if copy is not None and forward is not None else None
+    result.append(dict(goal=f"LIF inference forward {name} float32 within 2x of the time of x.clone() (value: twice "
+                            "the copy's time over the forward's)", target=1.0, value=value,
+                       met=None if value is None else value >= 1.0))
+    return result
 
 
 def fastest(result) -> list:
@@ -272,6 +301,12 @@ def markdown(result) -> str:
         peak = "-" if r.get("peak_MiB") is None else f"{r['peak_MiB']:.1f}"
         lines.append(f"| {shape} | {r['dtype']} | {r['mode']} | {name} | {r['ms']:.3f} | {r['GB/s']:.1f} | "
                      f"{r['speedup_vs_eager']:.1f}x | {peak} |")
+    if result.get("goals"):
+        lines += ["", "Goals:", ""] + goal_lines(result["goals"])
+    copies = result.get("copy_ms", {})
+    if copies:
+        lines += ["", "Time of x.clone() (a copy of the input, the floor of an inference forward): " + ", ".join(
+            f"{key.split('|')[1]} {key.split('|')[2]} {ms:.3f} ms" for key, ms in copies.items())]
     lines += ["", "Fastest entry per shape:", ""] + fastest(result)
     counted = [r for r in result["rows"] if "count_overhead" in r]
     if counted:
@@ -316,8 +351,10 @@ def main(argv=None):
         copy_GBps=copy_bandwidth_gbps(args.device, args.quick),
         saved_bytes=saved_bytes(args.device, args.quick),
         peer_notes={peer.name: peer.note for peer in lif_peers(args.device, torch.float32)},
-        rows=bench(args.device, _jobs(args.device, args.quick), args.quick, peaks),
     )
+    result["rows"], copies = bench(args.device, _jobs(args.device, args.quick), args.quick, peaks)
+    result["copy_ms"] = copies
+    result["goals"] = goals(result["rows"], copies, args.device)
     write_results("lif", result, markdown(result), args)
 
 

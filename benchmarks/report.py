@@ -323,7 +323,7 @@ def _lif_across(members, kind: str) -> list:
         text += (f"; at {_shape(dict(shape=first))} float32 forward+backward it takes {_span(ms, '{:.3f}')} ms"
                  + "".join(f", {_span(values, '{:.1f}')}x faster than the {name}"
                            for name, values in ratios.items() if values))
-    return [text + ".", ""]
+    return [text + ".", ""] + _goals_across(members, kind)
 
 
 def _open_neuromorphic_across(members, kind: str) -> list:

@@ -9,8 +9,8 @@
 // Both apply the scale once, in float32, as tna_kernels/ops/ternary/reference.py does. The conv2d packs the spike
 // image once into channel bits per pixel. The dense kernel gathers the bit rows of the receptive fields a few
 // output pixels at a time (a bit im2col, 32x smaller than a float one, never built for the whole image); the
-// event-driven one lists each input pixel's spiking channels once and adds, for each output pixel, the columns of
-// those channels under each tap.
+// event-driven one lists each input pixel's spiking channels once and, tap by tap over a block of output pixels,
+// adds the columns of those channels under the tap (see conv_event_sums).
 // The weight's re-layouts for both (the CPU layout) can be cached by a caller whose weight does not change.
 // Real-valued x (float32): blocks of the weight are decoded into a small float tile (scale included) and
 // multiplied with register-blocked fused multiply-adds. The same routine computes the input gradient
@@ -230,14 +230,29 @@ inline void widen_add(const i8x32& narrow, i16x16 (&wide)[2]) {
   wide[1] += __builtin_convertvector(half[1], i16x16);
 }
 
-inline void widen_add(const i16x16& narrow, int32_t* wide) {
+// wide[0 .. 16) += narrow, or = narrow where `first` (wide is then not read).
+inline void widen_add(const i16x16& narrow, int32_t* wide, bool first) {
   i16x8 half[2];
   std::memcpy(half, &narrow, sizeof half);
   for (int h = 0; h < 2; ++h) {
-    i32x8 sum;
-    std::memcpy(&sum, wide + 8 * h, sizeof sum);
-    sum += __builtin_convertvector(half[h], i32x8);
+    i32x8 sum = __builtin_convertvector(half[h], i32x8);
+    if (!first) {
+      i32x8 old;
+      std::memcpy(&old, wide + 8 * h, sizeof old);
+      sum += old;
+    }
     std::memcpy(wide + 8 * h, &sum, sizeof sum);
+  }
+}
+
+// s8[v] += the 32 codes of row + 32v, for v < V, and a8[v] += their absolute values (ABS).
+template <int V, bool ABS>
+inline void add_row(const int8_t* row, i8x32 (&s8)[V], i8x32 (&a8)[ABS ? V : 1]) {
+  for (int v = 0; v < V; ++v) {
+    i8x32 code;
+    std::memcpy(&code, row + 32 * v, sizeof code);
+    s8[v] += code;
+    if constexpr (ABS) a8[v] += code & 1;
   }
 }
 
@@ -248,15 +263,16 @@ struct EventRun {
   int64_t count;
 };
 
-// sum[l] += the codes of lane l of the tile rows of runs[0 .. n) for l < 32V, and abs_sum likewise with |code|
-// (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads each run's events kPrefetchEvents
-// past its end. The codes add up in int8 lanes for kEventsPerFlush rows, which add into int16 lanes for
-// kFlushesPerWiden flushes, which add into sum: exact at every step.
+// sum[l] = the sum of the codes of lane l of the tile rows of runs[0 .. n) for l < 32V, and abs_sum likewise with
+// |code| (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads each run's events
+// kPrefetchEvents past its end. The codes add up in int8 lanes for kEventsPerFlush rows, which add into int16
+// lanes for kFlushesPerWiden flushes, which go into sum (stored the first time, added after): exact at every step.
 template <int V, bool ABS>
 inline void add_runs(const EventRun* runs, int64_t n, int32_t* sum, int32_t* abs_sum) {
   i8x32 s8[V] = {}, a8[ABS ? V : 1] = {};
   i16x16 s16[V][2] = {}, a16[ABS ? V : 1][2] = {};
   int64_t rows = 0, flushes = 0;  // rows in the int8 sums, flushes in the int16 sums
+  bool first = true;               // sum and abs_sum not written yet
   auto flush = [&] {
     for (int v = 0; v < V; ++v) {
       widen_add(s8[v], s16[v]);
@@ -270,14 +286,15 @@ inline void add_runs(const EventRun* runs, int64_t n, int32_t* sum, int32_t* abs
     if (++flushes < kFlushesPerWiden) return;
     for (int v = 0; v < V; ++v)
       for (int h = 0; h < 2; ++h) {
-        widen_add(s16[v][h], sum + 32 * v + 16 * h);
+        widen_add(s16[v][h], sum + 32 * v + 16 * h, first);
         s16[v][h] = i16x16{};
         if constexpr (ABS) {
-          widen_add(a16[v][h], abs_sum + 32 * v + 16 * h);
+          widen_add(a16[v][h], abs_sum + 32 * v + 16 * h, first);
           a16[v][h] = i16x16{};
         }
       }
     flushes = 0;
+    first = false;
   };
   for (int64_t r = 0; r < n; ++r) {
     const int8_t* tile = runs[r].tile;
@@ -287,12 +304,7 @@ inline void add_runs(const EventRun* runs, int64_t n, int32_t* sum, int32_t* abs
       for (int64_t e = e0; e < e1; ++e) {
         __builtin_prefetch(tile + static_cast<int64_t>(events[e + kPrefetchEvents]) * (32 * V));
         const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
-        for (int v = 0; v < V; ++v) {
-          i8x32 code;
-          std::memcpy(&code, row + 32 * v, sizeof code);
-          s8[v] += code;
-          if constexpr (ABS) a8[v] += code & 1;
-        }
+        add_row<V, ABS>(row, s8, a8);
       }
       rows += e1 - e0;
       e0 = e1;
@@ -309,8 +321,6 @@ template <int V, bool ABS>
 void event_sums(const int8_t* tile, const int64_t* offsets, const int32_t* events, int64_t rows, int32_t* sums,
                 int32_t* abs_sums, int64_t ld) {
   for (int64_t r = 0; r < rows; ++r) {
-    std::fill(sums + r * ld, sums + r * ld + 32 * V, 0);
-    if constexpr (ABS) std::fill(abs_sums + r * ld, abs_sums + r * ld + 32 * V, 0);
     const EventRun run{tile, events + offsets[r], offsets[r + 1] - offsets[r]};
     add_runs<V, ABS>(&run, 1, sums + r * ld, ABS ? abs_sums + r * ld : nullptr);
   }
@@ -541,27 +551,32 @@ bool to_pixel_bits(const T* x, const ConvShape& s, uint64_t* bits) {
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t r0, int64_t r1) {  // image rows r = b * H + h
     // local copies: the word stores below could otherwise alias the sizes, which stops vectorization
     const int64_t C = s.C, H = s.H, W = s.W, Cg = s.Cg, Wc = s.Wc, pixel_words = s.G * s.Wc;
-    std::vector<uint64_t> words(std::min(r1 - r0, H) * W);  // one word of each pixel of a run of rows
-    uint64_t* word = words.data();
-    uint64_t bad = 0;
+    // the word of each pixel of a run of rows in two halves (channels c0 .. c0 + 31, then the rest): 32-bit
+    // lanes, twice as many to a vector as 64-bit ones
+    const int64_t most = std::min(r1 - r0, H) * W;
+    std::vector<uint32_t> halves(2 * most);
+    uint32_t bad = 0;
     for (int64_t r = r0, next; r < r1; r = next) {  // rows r .. next - 1 of image b: contiguous in x
       const int64_t b = r / H;
       next = std::min(r1, (b + 1) * H);
       const int64_t pixels = (next - r) * W;
       for (int64_t q = 0; q < pixel_words; ++q) {  // q = g * Wc + word index
         const int64_t c0 = q / Wc * Cg + q % Wc * 64, c1 = std::min(q / Wc * Cg + Cg, c0 + 64);
-        std::fill(word, word + pixels, 0);
+        std::fill(halves.begin(), halves.end(), 0);
         for (int64_t c = c0; c < c1; ++c) {
           const T* src = x + (b * C + c) * H * W + (r - b * H) * W;
-          const uint64_t shift = c - c0;
+          const uint32_t bit = uint32_t(1) << ((c - c0) % 32);
+          uint32_t* word = halves.data() + (c - c0) / 32 * most;
           for (int64_t p = 0; p < pixels; ++p) {  // written so that it vectorizes
             const float v = static_cast<float>(src[p]);
-            const uint64_t one = v == 1.0f;
-            bad |= static_cast<uint64_t>(v != 0.0f) & (one ^ 1);
-            word[p] |= one << shift;
+            bad |= static_cast<uint32_t>(v != 0.0f) & static_cast<uint32_t>(v != 1.0f);
+            word[p] |= v == 1.0f ? bit : 0u;
           }
         }
-        for (int64_t p = 0; p < pixels; ++p) bits[(r * W + p) * pixel_words + q] = word[p];
+        const uint32_t* low = halves.data();
+        const uint32_t* high = low + most;
+        for (int64_t p = 0; p < pixels; ++p)
+          bits[(r * W + p) * pixel_words + q] = low[p] | static_cast<uint64_t>(high[p]) << 32;
       }
     }
     if (bad != 0) ok = false;
@@ -705,26 +720,138 @@ void conv_rows(const uint64_t* rows, const uint64_t* plus, const uint64_t* minus
   if (b < s.Ob) conv_block<MR, 1>(rows, plus, minus, s, m0, b, out);
 }
 
+constexpr int64_t kInt16Most = 32767;  // the largest int16
+constexpr int64_t kPassBytes = 8192;   // bytes of the int16 sums of one pass of conv_event_sums (they stay in L1)
+
+// wide[0 .. 32) += narrow, in int16 lanes in memory.
+inline void widen_add(const i8x32& narrow, int16_t* wide) {
+  i8x16 half[2];
+  std::memcpy(half, &narrow, sizeof half);
+  for (int h = 0; h < 2; ++h) {
+    i16x16 sum;
+    std::memcpy(&sum, wide + 16 * h, sizeof sum);
+    sum += __builtin_convertvector(half[h], i16x16);
+    std::memcpy(wide + 16 * h, &sum, sizeof sum);
+  }
+}
+
+// The partial sums of one output pixel in conv_event_sums: 32V lanes of int8 sums of at most kEventsPerFlush
+// events (`pending`), which add into its int16 sums (and abs8 into abs16 for ABS).
+struct PixelSums {
+  int8_t* sum8;
+  int8_t* abs8;
+  int16_t* sum16;
+  int16_t* abs16;
+  int64_t& pending;
+};
+
+// The int8 sums of p added into its int16 sums, and zeroed.
+template <int V, bool ABS>
+inline void flush_int8(const PixelSums& p) {
+  for (int v = 0; v < V; ++v) {
+    i8x32 narrow;
+    std::memcpy(&narrow, p.sum8 + 32 * v, sizeof narrow);
+    widen_add(narrow, p.sum16 + 32 * v);
+    if constexpr (ABS) {
+      std::memcpy(&narrow, p.abs8 + 32 * v, sizeof narrow);
+      widen_add(narrow, p.abs16 + 32 * v);
+    }
+  }
+  std::fill(p.sum8, p.sum8 + 32 * V, 0);
+  if constexpr (ABS) std::fill(p.abs8, p.abs8 + 32 * V, 0);
+  p.pending = 0;
+}
+
+// Adds lane l of the tile rows tile + events[e] * 32V for e < count to the sums of p, l < 32V (|code| to the
+// absolute sums for ABS): in int8 registers, loaded from and stored to p's int8 sums, which go into its int16
+// sums whenever they hold kEventsPerFlush events (the caller keeps the int16 sums from overflowing).
+template <int V, bool ABS>
+inline void add_run(const int8_t* tile, const int32_t* events, int64_t count, const PixelSums& p) {
+  for (int64_t e0 = 0; e0 < count;) {
+    if (p.pending == kEventsPerFlush) flush_int8<V, ABS>(p);
+    const int64_t e1 = std::min(count, e0 + kEventsPerFlush - p.pending);
+    i8x32 s8[V], a8[ABS ? V : 1];
+    for (int v = 0; v < V; ++v) {
+      std::memcpy(&s8[v], p.sum8 + 32 * v, sizeof s8[v]);
+      if constexpr (ABS) std::memcpy(&a8[v], p.abs8 + 32 * v, sizeof a8[v]);
+    }
+    for (int64_t e = e0; e < e1; ++e) {
+      const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
+      add_row<V, ABS>(row, s8, a8);
+    }
+    for (int v = 0; v < V; ++v) {
+      std::memcpy(p.sum8 + 32 * v, &s8[v], sizeof s8[v]);
+      if constexpr (ABS) std::memcpy(p.abs8 + 32 * v, &a8[v], sizeof a8[v]);
+    }
+    p.pending += e1 - e0;
+    e0 = e1;
+  }
+}
+
 // The sums of output pixels l0 .. l1 - 1 of image b in group g over column tile `tile` ([T * Cg, 32V], row
 // t * Cg + c for tap t and channel c): for each tap inside the image, the channel events of its input pixel
-// (offsets / events: list_events of the pixel bits [B, H, W, G, Wc] as rows of Wc words), one run per tap
-// (`runs`: room for T). Pixel l's 32V sums at sums[(l - l0) * ld ..], their absolute values' at
-// abs_sums[(l - l0) * ld ..] (ABS).
+// (offsets / events: list_events of the pixel bits [B, H, W, G, Wc] as rows of Wc words). Pixel l's 32V sums go
+// to sums[(l - l0) * ld ..], their absolute values' to abs_sums[(l - l0) * ld ..] (ABS). `runs` has room for
+// T runs of each pixel.
+// Tap by tap: a pass of pixels (their int8 and int16 sums, kPassBytes) goes through one tap's Cg tile rows at a
+// time, which stay in L1 meanwhile (pixel by pixel, every event would fetch its row from L2). Each round adds at
+// most min(Cg, 32767) events to a pixel, and the int16 sums fold into the int32 sums before they could overflow.
 template <int V, bool ABS>
 void conv_event_sums(const int8_t* tile, const ConvShape& s, const int64_t* offsets, const int32_t* events,
                      int64_t b, int64_t g, int64_t l0, int64_t l1, EventRun* runs, int32_t* sums, int32_t* abs_sums,
                      int64_t ld) {
-  for (int64_t l = l0; l < l1; ++l) {
-    int64_t n = 0;
-    for_each_tap(s, l, [&](int64_t tap, int64_t ih, int64_t iw) {
-      const int64_t pixel = ((b * s.H + ih) * s.W + iw) * s.G + g, first = offsets[pixel];
-      runs[n++] = {tile + tap * s.Cg * 32 * V, events + first, offsets[pixel + 1] - first};
-    });
-    int32_t* sum = sums + (l - l0) * ld;
-    int32_t* abs_sum = ABS ? abs_sums + (l - l0) * ld : nullptr;
-    std::fill(sum, sum + 32 * V, 0);
-    if constexpr (ABS) std::fill(abs_sum, abs_sum + 32 * V, 0);
-    add_runs<V, ABS>(runs, n, sum, abs_sum);
+  constexpr int64_t lanes = 32 * V, pass = kPassBytes / (3 * lanes * (ABS ? 2 : 1));
+  constexpr int64_t abs_lanes = ABS ? pass * lanes : 1;
+  alignas(64) int8_t s8[pass * lanes], a8[abs_lanes];
+  alignas(64) int16_t s16[pass * lanes], a16[abs_lanes];
+  int64_t pending[pass];
+  const int64_t round = std::min(s.Cg, kInt16Most);
+  for (int64_t p0 = l0; p0 < l1; p0 += pass) {
+    const int64_t n = std::min(pass, l1 - p0);
+    const auto pixel_sums = [&](int64_t i) -> PixelSums {
+      return {s8 + i * lanes, a8 + (ABS ? i * lanes : 0), s16 + i * lanes, a16 + (ABS ? i * lanes : 0), pending[i]};
+    };
+    std::fill(runs, runs + n * s.T, EventRun{tile, events, 0});
+    for (int64_t i = 0; i < n; ++i)
+      for_each_tap(s, p0 + i, [&](int64_t tap, int64_t ih, int64_t iw) {
+        const int64_t pixel = ((b * s.H + ih) * s.W + iw) * s.G + g, first = offsets[pixel];
+        runs[i * s.T + tap] = {tile + tap * s.Cg * lanes, events + first, offsets[pixel + 1] - first};
+      });
+    std::fill(s8, s8 + n * lanes, 0);
+    std::fill(s16, s16 + n * lanes, 0);
+    if constexpr (ABS) {
+      std::fill(a8, a8 + n * lanes, 0);
+      std::fill(a16, a16 + n * lanes, 0);
+    }
+    std::fill(pending, pending + n, 0);
+    bool first = true;  // the int32 sums of the pass not written yet
+    int64_t most = 0;   // the most events that a pixel's int8 and int16 sums hold
+    const auto fold = [&] {
+      for (int64_t i = 0; i < n; ++i) {
+        flush_int8<V, ABS>(pixel_sums(i));
+        int32_t* sum = sums + (p0 - l0 + i) * ld;
+        for (int64_t j = 0; j < lanes; ++j) sum[j] = (first ? 0 : sum[j]) + s16[i * lanes + j];
+        if constexpr (ABS) {
+          int32_t* abs_sum = abs_sums + (p0 - l0 + i) * ld;
+          for (int64_t j = 0; j < lanes; ++j) abs_sum[j] = (first ? 0 : abs_sum[j]) + a16[i * lanes + j];
+        }
+      }
+      std::fill(s16, s16 + n * lanes, 0);
+      if constexpr (ABS) std::fill(a16, a16 + n * lanes, 0);
+      first = false;
+      most = 0;
+    };
+    for (int64_t tap = 0; tap < s.T; ++tap)
+      for (int64_t e0 = 0; e0 < s.Cg; e0 += round) {
+        if (most + round > kInt16Most) fold();
+        for (int64_t i = 0; i < n; ++i) {
+          const EventRun& run = runs[i * s.T + tap];
+          const int64_t count = std::min(run.count - e0, round);
+          if (count > 0) add_run<V, ABS>(run.tile, run.events + e0, count, pixel_sums(i));
+        }
+        most += round;
+      }
+    fold();
   }
 }
 
@@ -752,7 +879,7 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
   }
   at::parallel_for(0, s.B * s.G * blocks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<uint64_t> rows(by_events ? 0 : pixels * s.Wk);
-    std::vector<EventRun> runs(by_events ? s.T : 0);  // one pixel's taps
+    std::vector<EventRun> runs(by_events ? pixels * s.T : 0);  // the taps of the block's pixels
     std::vector<int32_t> sums(by_events ? pixels * Ot * lanes : 0), abs_sums(by_events && asymmetric ? sums.size() : 0);
     for (int64_t q = q0; q < q1; ++q) {  // q = (b * G + g) * blocks + block
       const int64_t b = q / (s.G * blocks), g = q / blocks % s.G;

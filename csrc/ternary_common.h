@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -77,6 +78,28 @@ inline bool to_bit_rows(const T* x, int64_t M, int64_t K, uint64_t* bits, int64_
   });
   return ok;
 }
+
+#if defined(__AVX2__)
+// dst[k * ld_dst + i] = src[i * ld_src + k] for i, k < 8: an 8 x 8 block of floats transposed in registers.
+inline void transpose8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {  // t[i]: rows i, i + 1 interleaved, elements 0 1 | 4 5; t[i + 1]: 2 3 | 6 7
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {  // r[h + e]: element e (and e + 4) of rows h .. h + 3
+    r[h] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int e = 0; e < 4; ++e) {  // the low halves hold elements 0 .. 3, the high halves 4 .. 7
+    _mm256_storeu_ps(dst + e * ld_dst, _mm256_permute2f128_ps(r[e], r[4 + e], 0x20));
+    _mm256_storeu_ps(dst + (e + 4) * ld_dst, _mm256_permute2f128_ps(r[e], r[4 + e], 0x31));
+  }
+}
+#endif
 
 // Where spike results go: y[m * ldm + n * ldn] for row m and column n, finished in float32 as in the
 // reference with scale[n] (symmetric) or scale[n] and scale[ldscale + n] (asymmetric [2, N] scale,
@@ -147,7 +170,17 @@ struct SpikeOutput {
           for (int64_t j = 0; j < width; ++j) row[j] = static_cast<Out>(values[i * width + j]);
         }
       } else {
-        for (int64_t j = 0; j < width; ++j) {
+        int64_t j = 0;
+#if defined(__AVX2__)
+        if constexpr (std::is_same_v<Out, float>) {
+          if (ldm == 1 && rows == kRows) {  // whole 8 x 8 blocks by register transposes
+            for (; j + 8 <= width; j += 8)
+              for (int64_t i = 0; i < kRows; i += 8)
+                transpose8x8(values.data() + i * width + j, width, y + r0 + i + (n0 + j) * ldn, ldn);
+          }
+        }
+#endif
+        for (; j < width; ++j) {
           Out* column = y + r0 * ldm + (n0 + j) * ldn;
           if (ldm == 1) {
             for (int64_t i = 0; i < rows; ++i) column[i] = static_cast<Out>(values[i * width + j]);

@@ -366,12 +366,13 @@ def test_spike_kernels_sum_long_runs_of_equal_codes_exactly(code, asymmetric, k)
 
 @pytest.mark.parametrize("code", [1, -1])
 @pytest.mark.parametrize("asymmetric", [False, True])
-@pytest.mark.parametrize("channels", [150, 4500])
+@pytest.mark.parametrize("channels", [150, 4500, 33000])
 def test_spike_conv_sums_long_runs_across_taps_exactly(code, asymmetric, channels):
     """All-ones spikes on equal codes through a 3x3 conv: the event kernel adds a run of `channels` events per tap
-    (9 at the centre pixel) into the same partial sums, which must stay exact past 127 and 258 x 127 events."""
+    (9 at the centre pixel) into the same partial sums, which must stay exact past 127 events (int8 sums), past
+    32767 over the taps (int16 sums: 4500 channels) and within one tap's run (33000 channels)."""
     assert cpp_extension_available()
-    n = 70
+    n = 70 if channels < 10000 else 9
     packed = pack_ternary(torch.full((n, channels * 9), code, dtype=torch.int8))
     scale = torch.rand((2, n) if asymmetric else (n,)) + 0.5
     x = torch.ones(1, channels, 3, 3)
