@@ -3,8 +3,8 @@
 The fused kernels run behind two custom ops, ``tna::lif_forward`` and ``tna::lif_backward``, with fake
 (meta) kernels and autograd registered here, so ``torch.compile`` sees one opaque node per LIF layer.
 In eager mode ``lif_multistep`` calls the same two functions through ``_EagerLIF``, an autograd.Function
-with the custom op's autograd, which skips the custom ops' dispatch: about 0.1 ms per forward+backward,
-as much as the kernels themselves take on a small layer. The ``torch`` backend is the reference loop
+with the custom op's autograd, which skips the custom ops' dispatch (on a small layer that overhead is as
+large as the kernels' own time). The ``torch`` backend is the reference loop
 itself, differentiated by autograd.
 """
 import math
@@ -52,18 +52,17 @@ def _streams(t: Tensor) -> bool:
     """Whether the C++ kernels write ``[T, N]`` outputs of t's size with non-temporal stores: from about a
     twelfth of the last-level cache on, the five such tensors of a forward+backward (x, spikes, u,
     grad_spikes, grad_x) do not stay in the cache from one pass to the next, and a store that skips reading
-    the old line first halves the traffic of an output. On a 32 MiB L3 (AMD EPYC, 2 threads, float32) a
-    forward+backward that streams is 6-11% slower at 2 and 2.5 MiB per tensor, 6% faster at 3 MiB and
-    20-25% faster from 4 MiB on."""
+    the old line first halves the traffic of an output. The threshold is where streaming measured faster in
+    ``benchmarks/bench_lif.py``'s neuron-count sweep."""
     return t.numel() * t.element_size() >= CPU_CACHE_BYTES // 12
 
 
 def _recomputes(t: Tensor) -> bool:
     """Whether the C++ backend saves x rather than u for a training input t, and reruns the forward inside
     the backward (in L2-sized chunks): from an eighth of the last-level cache on, the 8 bytes per
-    neuron-step it saves in float32 (u written, then read) cost more than the forward's arithmetic. On a
-    32 MiB L3, its forward+backward is 8-16% slower at 2 and 3 MiB per tensor and 9-20% faster from
-    4 MiB on. The memory kept for the backward is the same size either way."""
+    neuron-step it saves in float32 (u written, then read) cost more than the forward's arithmetic (the
+    threshold is where recomputing measured faster in ``benchmarks/bench_lif.py``'s neuron-count sweep). The
+    memory kept for the backward is the same size either way."""
     return t.numel() * t.element_size() >= CPU_CACHE_BYTES // 8
 
 
