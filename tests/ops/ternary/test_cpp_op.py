@@ -114,6 +114,7 @@ SPIKE_CONV_CASES = [  # (batch, channels, out, height, width, kernel, stride, pa
     (2, 130, 10, 5, 7, (3, 3), 1, 2, 2, 2),
     (1, 64, 17, 9, 9, (1, 1), 1, 0, 1, 1),
     (3, 6, 4, 5, 7, (3, 2), (2, 1), (0, 1), (1, 2), 2),
+    (4, 20, 100, 16, 16, (3, 3), 1, 1, 1, 1),  # over 64 outputs: blocks of 64 pixels in several passes of the events
 ]
 
 
