@@ -48,7 +48,6 @@ BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}
 # Gradient of the spike count (the weight of a spike-count penalty) in the "+ count" entries.
 COUNT_GRAD = 1e-3
 EAGER = "reference (eager)"
-COPY = "x.clone()"
 COMPILED = "reference (torch.compile)"
 
 
@@ -160,13 +159,13 @@ def measure_memory(device: str, quick: bool) -> dict:
 
 def bench(device: str, jobs, quick: bool, peaks: dict):
     """Time every implementation on each ``(shape, dtype)`` of ``jobs``; returns one row per measurement, and
-    per job the time of ``x.clone()`` (``_key(COPY, shape, dtype, "forward")`` -> ms), timed in the same rounds.
+    one per job with the time of ``x.clone()`` (shape, dtype, ms), timed in the same rounds.
 
     ``peaks`` holds the CPU peak memory from ``measure_memory`` (on GPU it is measured here).
     """
     from tqdm import tqdm
 
-    rows, copies = [], {}
+    rows, copies = [], []
     for shape, dtype in tqdm(jobs, desc=f"LIF on {device}", file=sys.stderr):
         impls = implementations(device, dtype)
         x, grad, count_grad = _inputs(shape, dtype, device)
@@ -178,7 +177,7 @@ def bench(device: str, jobs, quick: bool, peaks: dict):
             for name, mode, fn in entries:
                 times[name, mode].append(time_ms(fn, device, quick))
             copy_ms.append(time_ms(x.clone, device, quick))
-        copies[_key(COPY, shape, dtype, "forward")] = statistics.median(copy_ms)
+        copies.append(dict(shape=list(shape), dtype=str(dtype).removeprefix("torch."), ms=statistics.median(copy_ms)))
         if device == "cuda":
             peaks.update({_key(name, shape, dtype, mode): peak_memory_mib(fn, device) for name, mode, fn in entries})
         for (name, mode), ms_list in times.items():
@@ -199,7 +198,7 @@ def bench(device: str, jobs, quick: bool, peaks: dict):
     return rows, copies
 
 
-def goals(rows, copies: dict, device: str) -> list:
+def goals(rows, copies: list, device: str) -> list:
     """The CPU goals of the LIF work at the first shape in float32 (none on GPU): forward+backward >= 8x the eager
     reference and >= 2x its torch.compile; the inference forward within 2x of ``x.clone()`` of the same tensor
     (value: twice the copy's time over the forward's, target 1)."""
@@ -207,7 +206,7 @@ def goals(rows, copies: dict, device: str) -> list:
         return []
     shape, ours = CPU_SHAPES[0], ours_name(device)
     ms = {(r["impl"], r["mode"]): r["ms"] for r in rows if tuple(r["shape"]) == shape and r["dtype"] == "float32"}
-    copy = copies.get(_key(COPY, shape, torch.float32, "forward"))
+    copy = next((c["ms"] for c in copies if tuple(c["shape"]) == shape and c["dtype"] == "float32"), None)
     name = "x".join(map(str, shape))
     wanted = [(f"LIF forward+backward {name} float32 vs the {EAGER}", 8.0, EAGER, "forward+backward"),
               (f"LIF forward+backward {name} float32 vs the {COMPILED}", 2.0, COMPILED, "forward+backward")]
@@ -303,10 +302,10 @@ def markdown(result) -> str:
                      f"{r['speedup_vs_eager']:.1f}x | {peak} |")
     if result.get("goals"):
         lines += ["", "Goals:", ""] + goal_lines(result["goals"])
-    copies = result.get("copy_ms", {})
+    copies = result.get("copy_ms", [])
     if copies:
         lines += ["", "Time of x.clone() (a copy of the input, the floor of an inference forward): " + ", ".join(
-            f"{key.split('|')[1]} {key.split('|')[2]} {ms:.3f} ms" for key, ms in copies.items())]
+            f"{'x'.join(map(str, c['shape']))} {c['dtype']} {c['ms']:.3f} ms" for c in copies)]
     lines += ["", "Fastest entry per shape:", ""] + fastest(result)
     counted = [r for r in result["rows"] if "count_overhead" in r]
     if counted:

@@ -138,7 +138,7 @@ typedef int32_t i32x8 __attribute__((vector_size(32)));
 constexpr int64_t kTileBytes = 1024 * 1024;  // most bytes of a column tile (L2 holds half of it or more)
 constexpr int64_t kEventsPerFlush = 127;      // int8 sums of codes in {-1, 0, 1} stay exact this long
 constexpr int64_t kFlushesPerWiden = 258;     // and int16 sums of those: 258 * 127 <= 32767
-constexpr int64_t kPrefetchEvents = 16;       // how far ahead add_runs prefetches tile rows
+constexpr int64_t kPrefetchEvents = 16;       // how far ahead add_events prefetches tile rows
 
 // The vectors of 32 output lanes (1, 2 or 4) per column-tile row for R inputs and N outputs.
 inline int tile_vectors(int64_t R, int64_t N) {
@@ -191,7 +191,7 @@ void event_offsets(const uint64_t* bits, int64_t M, int64_t W, std::vector<int64
 }
 
 // The indices of the set bits of bit rows [M, W]: those of row m are events[offsets[m] .. offsets[m + 1])
-// (offsets: event_offsets), followed by kPrefetchEvents zeros (add_runs reads that far ahead). A word's bits
+// (offsets: event_offsets), followed by kPrefetchEvents zeros (add_events reads that far ahead). A word's bits
 // are listed four at a time, the slots past its last bit filled with junk that the next word's indices
 // overwrite (so the loop branches once per four bits, not once per bit); near the end of a row, one at a time.
 void list_events(const uint64_t* bits, int64_t M, int64_t W, const std::vector<int64_t>& offsets,
@@ -256,63 +256,35 @@ inline void add_row(const int8_t* row, i8x32 (&s8)[V], i8x32 (&a8)[ABS ? V : 1])
   }
 }
 
-// A run of events: tile rows tile + events[e] * 32V for e < count.
-struct EventRun {
-  const int8_t* tile;
-  const int32_t* events;
-  int64_t count;
-};
-
-// sum[l] = the sum of the codes of lane l of the tile rows of runs[0 .. n) for l < 32V, and abs_sum likewise with
-// |code| (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads each run's events
-// kPrefetchEvents past its end. The codes add up in int8 lanes for kEventsPerFlush rows, which add into int16
-// lanes for kFlushesPerWiden flushes, which go into sum (stored the first time, added after): exact at every step.
+// sum[l] = the sum of the codes of lane l of the tile rows tile + events[e] * 32V for e < count, l < 32V, and
+// abs_sum likewise with |code| (ABS: for asymmetric scales, which count the +1 and -1 codes apart). Reads
+// events[count + kPrefetchEvents - 1]. The codes add up in int8 lanes for kEventsPerFlush events, which add into
+// int16 lanes for kFlushesPerWiden flushes, which go into sum (stored the first time, added after): exact at
+// every step.
 template <int V, bool ABS>
-inline void add_runs(const EventRun* runs, int64_t n, int32_t* sum, int32_t* abs_sum) {
-  i8x32 s8[V] = {}, a8[ABS ? V : 1] = {};
-  i16x16 s16[V][2] = {}, a16[ABS ? V : 1][2] = {};
-  int64_t rows = 0, flushes = 0;  // rows in the int8 sums, flushes in the int16 sums
-  bool first = true;               // sum and abs_sum not written yet
-  auto flush = [&] {
-    for (int v = 0; v < V; ++v) {
-      widen_add(s8[v], s16[v]);
-      s8[v] = i8x32{};
-      if constexpr (ABS) {
-        widen_add(a8[v], a16[v]);
-        a8[v] = i8x32{};
-      }
-    }
-    rows = 0;
-    if (++flushes < kFlushesPerWiden) return;
-    for (int v = 0; v < V; ++v)
-      for (int h = 0; h < 2; ++h) {
-        widen_add(s16[v][h], sum + 32 * v + 16 * h, first);
-        s16[v][h] = i16x16{};
-        if constexpr (ABS) {
-          widen_add(a16[v][h], abs_sum + 32 * v + 16 * h, first);
-          a16[v][h] = i16x16{};
-        }
-      }
-    flushes = 0;
-    first = false;
-  };
-  for (int64_t r = 0; r < n; ++r) {
-    const int8_t* tile = runs[r].tile;
-    const int32_t* events = runs[r].events;
-    for (int64_t e0 = 0; e0 < runs[r].count;) {
-      const int64_t e1 = std::min(runs[r].count, e0 + kEventsPerFlush - rows);
+inline void add_events(const int8_t* tile, const int32_t* events, int64_t count, int32_t* sum, int32_t* abs_sum) {
+  constexpr int64_t kEventsPerWiden = kEventsPerFlush * kFlushesPerWiden;
+  for (int64_t w0 = 0; w0 == 0 || w0 < count; w0 += kEventsPerWiden) {  // once at least: sum is written
+    const int64_t w1 = std::min(count, w0 + kEventsPerWiden);
+    i16x16 s16[V][2] = {}, a16[ABS ? V : 1][2] = {};
+    for (int64_t e0 = w0; e0 < w1; e0 += kEventsPerFlush) {
+      const int64_t e1 = std::min(w1, e0 + kEventsPerFlush);
+      i8x32 s8[V] = {}, a8[ABS ? V : 1] = {};
       for (int64_t e = e0; e < e1; ++e) {
         __builtin_prefetch(tile + static_cast<int64_t>(events[e + kPrefetchEvents]) * (32 * V));
-        const int8_t* row = tile + static_cast<int64_t>(events[e]) * (32 * V);
-        add_row<V, ABS>(row, s8, a8);
+        add_row<V, ABS>(tile + static_cast<int64_t>(events[e]) * (32 * V), s8, a8);
       }
-      rows += e1 - e0;
-      e0 = e1;
-      if (rows == kEventsPerFlush) flush();
+      for (int v = 0; v < V; ++v) {
+        widen_add(s8[v], s16[v]);
+        if constexpr (ABS) widen_add(a8[v], a16[v]);
+      }
     }
+    for (int v = 0; v < V; ++v)
+      for (int h = 0; h < 2; ++h) {
+        widen_add(s16[v][h], sum + 32 * v + 16 * h, w0 == 0);
+        if constexpr (ABS) widen_add(a16[v][h], abs_sum + 32 * v + 16 * h, w0 == 0);
+      }
   }
-  flushes = kFlushesPerWiden - 1;  // the last flush widens
-  flush();
 }
 
 // The sums of `rows` rows of events (listed as by list_events, row r at offsets[r]) over column tile `tile`
@@ -321,8 +293,8 @@ template <int V, bool ABS>
 void event_sums(const int8_t* tile, const int64_t* offsets, const int32_t* events, int64_t rows, int32_t* sums,
                 int32_t* abs_sums, int64_t ld) {
   for (int64_t r = 0; r < rows; ++r) {
-    const EventRun run{tile, events + offsets[r], offsets[r + 1] - offsets[r]};
-    add_runs<V, ABS>(&run, 1, sums + r * ld, ABS ? abs_sums + r * ld : nullptr);
+    add_events<V, ABS>(tile, events + offsets[r], offsets[r + 1] - offsets[r], sums + r * ld,
+                       ABS ? abs_sums + r * ld : nullptr);
   }
 }
 
@@ -734,6 +706,13 @@ inline void widen_add(const i8x32& narrow, int16_t* wide) {
     std::memcpy(wide + 16 * h, &sum, sizeof sum);
   }
 }
+
+// A run of events: tile rows tile + events[e] * 32V for e < count.
+struct EventRun {
+  const int8_t* tile;
+  const int32_t* events;
+  int64_t count;
+};
 
 // The partial sums of one output pixel in conv_event_sums: 32V lanes of int8 sums of at most kEventsPerFlush
 // events (`pending`), which add into its int16 sums (and abs8 into abs16 for ABS).
