@@ -350,47 +350,34 @@ void store_counts(const SpikeOutput<Out>& out, int64_t m0, int64_t rows, int64_t
 
 #if defined(__AVX2__)
 // float32 output: blocks of 8 outputs x 8 rows finished in vectors along the rows (the same float32 operations as
-// SpikeOutput::value) and transposed to rows of y; the edges as store_counts.
+// SpikeOutput::value) and transposed to rows of y, a row's blocks one after another (so that each cache line of y is
+// written whole at once); the edges as store_counts.
 template <>
 void store_counts<float>(const SpikeOutput<float>& out, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
                          const int32_t* plus, const int32_t* minus) {
   const int64_t full_rows = rows / 8 * 8, full_outputs = (n1 - n0) / 8 * 8;
-  for (int64_t g = 0; g < full_outputs; g += 8) {
-    for (int64_t r = 0; r < full_rows; r += 8) {
-      __m256 v[8];
+  alignas(32) float block[8 * 8];  // block[8 * t + i]: output n0 + g + t, row m0 + r + i
+  for (int64_t r = 0; r < full_rows; r += 8) {
+    for (int64_t g = 0; g < full_outputs; g += 8) {
       for (int t = 0; t < 8; ++t) {
         const int64_t n = n0 + g + t, at = (g + t) * kBlockRows + r;
         const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plus + at));
         const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(minus + at));
+        __m256 v;
         if (out.asymmetric) {
-          v[t] = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
-                               _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(out.scale[out.ldscale + n])));
+          v = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
+                            _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(out.scale[out.ldscale + n])));
         } else {
-          v[t] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
+          v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
         }
-        if (out.bias != nullptr) v[t] = _mm256_add_ps(v[t], _mm256_set1_ps(out.bias[n]));
+        if (out.bias != nullptr) v = _mm256_add_ps(v, _mm256_set1_ps(out.bias[n]));
+        _mm256_store_ps(block + 8 * t, v);
       }
-      const __m256 a0 = _mm256_unpacklo_ps(v[0], v[1]), a1 = _mm256_unpackhi_ps(v[0], v[1]);
-      const __m256 a2 = _mm256_unpacklo_ps(v[2], v[3]), a3 = _mm256_unpackhi_ps(v[2], v[3]);
-      const __m256 a4 = _mm256_unpacklo_ps(v[4], v[5]), a5 = _mm256_unpackhi_ps(v[4], v[5]);
-      const __m256 a6 = _mm256_unpacklo_ps(v[6], v[7]), a7 = _mm256_unpackhi_ps(v[6], v[7]);
-      const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
-      const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
-      const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
-      const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
-      const __m256 rows8[8] = {
-          _mm256_permute2f128_ps(b0, b4, 0x20), _mm256_permute2f128_ps(b1, b5, 0x20),
-          _mm256_permute2f128_ps(b2, b6, 0x20), _mm256_permute2f128_ps(b3, b7, 0x20),
-          _mm256_permute2f128_ps(b0, b4, 0x31), _mm256_permute2f128_ps(b1, b5, 0x31),
-          _mm256_permute2f128_ps(b2, b6, 0x31), _mm256_permute2f128_ps(b3, b7, 0x31)};
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out.y + (m0 + r + i) * out.ldm + n0 + g, rows8[i]);
+      transpose8x8(block, 8, out.y + (m0 + r) * out.ldm + n0 + g, out.ldm);
     }
-    for (int64_t r = full_rows; r < rows; ++r)
-      for (int64_t n = n0 + g; n < n0 + g + 8; ++n)
-        out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
   }
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t n = n0 + full_outputs; n < n1; ++n)
+    for (int64_t n = n0 + (r < full_rows ? full_outputs : 0); n < n1; ++n)
       out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
 }
 #endif
