@@ -311,14 +311,17 @@ void dispatch_events(int V, bool asymmetric, F&& f) {
 }
 
 // The spike kernels' choice: "dense" (bit-plane popcounts over all inputs), "events" (column adds per spike),
-// or "auto": events where at most kEventDensity of the inputs spiked. The dense kernel costs the same at any
-// density; the event kernel's cost is proportional to it. Without VPOPCNTDQ the threshold sits below the
-// crossover that benchmarks/bench_ternary.py's spike-rate sweep measures; with it, the dense kernel is several
-// times faster, and the threshold is scaled down by that ratio of the committed results.
+// or "auto": events where at most kLinearEventDensity (linear) or kConvEventDensity (conv2d) of the inputs spiked.
+// The dense kernel costs the same at any density; the event kernel's cost is proportional to it. Each threshold
+// sits below the crossover that benchmarks/bench_ternary.py's spike-rate sweep measures for its layer: late
+// without VPOPCNTDQ (the dense kernel counts 64 bits at a time), earlier with it, and earlier for conv2d, whose
+// event kernel also walks the taps of every spike.
 #if TNA_HAVE_VPOPCNT
-constexpr double kEventDensity = 0.15;
+constexpr double kLinearEventDensity = 0.3;
+constexpr double kConvEventDensity = 0.15;
 #else
-constexpr double kEventDensity = 0.6;
+constexpr double kLinearEventDensity = 0.6;
+constexpr double kConvEventDensity = 0.6;
 #endif
 
 enum class SpikeKernel { automatic, dense, events };
@@ -334,11 +337,13 @@ SpikeKernel spike_kernel(c10::string_view name, const char* op) {
 // a quarter of that): "auto" takes it only for at least this many rows (output pixels for conv2d).
 constexpr int64_t kEventRowsUncached = 128;
 
-// Whether `spikes` set bits out of `inputs`, in `rows` rows, take the event kernel (`cached`: the layout is given).
-inline bool use_events(SpikeKernel kernel, int64_t spikes, int64_t inputs, int64_t rows, bool cached) {
+// Whether `spikes` set bits out of `inputs`, in `rows` rows, take the event kernel (`cached`: the layout is given;
+// `density`: the layer's threshold).
+inline bool use_events(SpikeKernel kernel, int64_t spikes, int64_t inputs, int64_t rows, bool cached,
+                       double density) {
   if (kernel != SpikeKernel::automatic) return kernel == SpikeKernel::events;
   if (!cached && rows < kEventRowsUncached) return false;
-  return static_cast<double>(spikes) <= kEventDensity * static_cast<double>(inputs);
+  return static_cast<double>(spikes) <= density * static_cast<double>(inputs);
 }
 
 // One MR x NR block (rows m0.., columns n0..) from bit rows xbits [M, W64p] and planes plus / minus [N, W64p].
@@ -476,7 +481,7 @@ at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, 
   std::vector<int64_t> offsets;
   std::vector<int32_t> events;
   event_offsets(xbits.data(), M, W64p, offsets);
-  const bool by_events = use_events(choice, offsets[M], M * K, M, layout.has_value());
+  const bool by_events = use_events(choice, offsets[M], M * K, M, layout.has_value(), kLinearEventDensity);
   if (by_events) list_events(xbits.data(), M, W64p, offsets, events);
   at::Tensor made;
   if (!layout.has_value()) {
@@ -978,7 +983,8 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
   TORCH_CHECK(ok, "ternary_conv2d: spike input must hold only 0 and 1; found other values");
   int64_t spikes = 0;
   for (const uint64_t word : bits) spikes += __builtin_popcountll(word);
-  const bool by_events = use_events(choice, spikes, x.numel(), s.B * s.Ho * s.Wo, layout.has_value());
+  const bool by_events = use_events(choice, spikes, x.numel(), s.B * s.Ho * s.Wo, layout.has_value(),
+                                    kConvEventDensity);
   at::Tensor made;
   if (!layout.has_value()) {
     made = at::empty({size.plane_words + size.tile_words}, packed.options().dtype(at::kLong));
@@ -1100,7 +1106,11 @@ at::Tensor ternary_linear_grad_input(const at::Tensor& grad_y, const at::Tensor&
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
-  m.def("ternary_event_density() -> float", [] { return kEventDensity; });
+  m.def("ternary_event_density(str layer) -> float", [](c10::string_view layer) {
+    TORCH_CHECK(layer == "linear" || layer == "conv2d",
+                "ternary_event_density: layer must be 'linear' or 'conv2d', got '", std::string(layer), "'");
+    return layer == "linear" ? kLinearEventDensity : kConvEventDensity;
+  });
   m.def("ternary_linear_layout(Tensor packed, int k) -> Tensor");
   m.def("ternary_conv2d_layout(Tensor packed, int in_channels, int groups, int[] kernel_size) -> Tensor");
   m.def(

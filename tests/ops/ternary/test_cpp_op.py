@@ -304,10 +304,12 @@ def _spikes_with_count(shape, count, seed):
     return x.view(shape)
 
 
-def _counts_around_the_switch(total):
+def _counts_around_the_switch(total, layer):
     """Spike counts out of ``total`` inputs: none, one, the last count that takes the event kernel under "auto"
-    and the first that takes the dense one, half, and all."""
-    last_events = int(torch.ops.tna_cpp.ternary_event_density() * total)
+    for ``layer`` ("linear" or "conv2d") and the first that takes the dense one, half, and all."""
+    density = torch.ops.tna_cpp.ternary_event_density(layer)
+    assert 0.0 < density < 1.0
+    last_events = int(density * total)
     return sorted({c for c in (0, 1, last_events, last_events + 1, total // 2, total) if c <= total})
 
 
@@ -319,8 +321,7 @@ def test_spike_linear_kernels_agree_on_both_sides_of_the_switch(asymmetric, m, k
     assert cpp_extension_available()
     _, packed, scale, bias = _weights(n, k, asymmetric, seed=m + k + n)
     layout = torch.ops.tna_cpp.ternary_linear_layout(packed, k)
-    assert 0.0 < torch.ops.tna_cpp.ternary_event_density() < 1.0
-    for count in _counts_around_the_switch(m * k):
+    for count in _counts_around_the_switch(m * k, "linear"):
         x = _spikes_with_count((m, k), count, seed=count)
         want = ternary_linear_reference(x, packed, scale, bias, spikes=True)
         for kernel in KERNELS:
@@ -338,7 +339,7 @@ def test_spike_conv_kernels_agree_on_both_sides_of_the_switch(asymmetric, c, o, 
     layout = torch.ops.tna_cpp.ternary_conv2d_layout(packed, c, groups, list(kernel_size))
     shape = (2, c, 6, 5)
     geometry = [[1, 1], [1, 0], [1, 1], groups, list(kernel_size)]
-    for count in _counts_around_the_switch(math.prod(shape)):
+    for count in _counts_around_the_switch(math.prod(shape), "conv2d"):
         x = _spikes_with_count(shape, count, seed=count)
         want = ternary_conv2d_reference(x, packed, scale, bias, *geometry[:4], kernel_size=geometry[4], spikes=True)
         for kernel in KERNELS:
