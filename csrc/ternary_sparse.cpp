@@ -206,11 +206,19 @@ typedef uint64_t u64x4 __attribute__((vector_size(32)));
 constexpr int64_t kBlockRows = 256;  // rows per block: the lanes of a u64x4
 constexpr int64_t kTaskOutputs = 16;  // outputs per task: a row of their results fills a cache line
 
-// high:low = a + b + c, lane by lane (a carry-save adder).
+// high:low = a + b + c, lane by lane (a carry-save adder; with AVX-512 one ternary-logic instruction each). It is
+// self-dual: the adder of the inverted words gives the inverted results.
 inline void csa(u64x4& high, u64x4& low, u64x4 a, u64x4 b, u64x4 c) {
+#if defined(__AVX512VL__)
+  const auto x = reinterpret_cast<__m256i&>(a), y = reinterpret_cast<__m256i&>(b), z = reinterpret_cast<__m256i&>(c);
+  const __m256i majority = _mm256_ternarylogic_epi64(x, y, z, 0xE8), parity = _mm256_ternarylogic_epi64(x, y, z, 0x96);
+  high = reinterpret_cast<const u64x4&>(majority);
+  low = reinterpret_cast<const u64x4&>(parity);
+#else
   const u64x4 u = a ^ b;
   high = (a & b) | (u & c);
   low = u ^ c;
+#endif
 }
 
 // planes[from .. to) += x, as a binary number per lane.
@@ -222,14 +230,14 @@ inline void ripple(u64x4* planes, int from, int to, u64x4 x) {
   }
 }
 
-// ones, twos, fours += the words cols[at[0 .. 8)] ^ flip, carry-save; returns the carry into the eights.
-inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols, const uint16_t* at, u64x4 flip) {
+// ones, twos, fours += the words cols[at[0 .. 8)], carry-save; returns the carry into the eights.
+inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols, const uint16_t* at) {
   u64x4 twos_a, twos_b, fours_a, fours_b, eights;
-  csa(twos_a, ones, ones, cols[at[0]] ^ flip, cols[at[1]] ^ flip);
-  csa(twos_b, ones, ones, cols[at[2]] ^ flip, cols[at[3]] ^ flip);
+  csa(twos_a, ones, ones, cols[at[0]], cols[at[1]]);
+  csa(twos_b, ones, ones, cols[at[2]], cols[at[3]]);
   csa(fours_a, twos, twos, twos_a, twos_b);
-  csa(twos_a, ones, ones, cols[at[4]] ^ flip, cols[at[5]] ^ flip);
-  csa(twos_b, ones, ones, cols[at[6]] ^ flip, cols[at[7]] ^ flip);
+  csa(twos_a, ones, ones, cols[at[4]], cols[at[5]]);
+  csa(twos_b, ones, ones, cols[at[6]], cols[at[7]]);
   csa(fours_b, twos, twos, twos_a, twos_b);
   csa(eights, fours, fours, fours_a, fours_b);
   return eights;
@@ -248,15 +256,19 @@ inline int count_lanes(const u64x4* cols, const uint16_t* first, int64_t n1, con
   for (int l = 0; l < std::max(P, 4); ++l) planes[l] = zero;
   u64x4 ones = zero, twos = zero, fours = zero, eights = zero;
   for (const auto& [index, count, flip] : {std::tuple(first, n1, zero), std::tuple(second, n2, ~zero)}) {
+    // Sixteen words at a time; the inverted ones by the same adders on inverted digits (csa is self-dual), their
+    // carries inverted back.
     int64_t i = 0;
+    ones ^= flip, twos ^= flip, fours ^= flip, eights ^= flip;
     for (; i + 16 <= count; i += 16) {
       const uint16_t* at = index + i;
-      const u64x4 eights_a = add_eight(ones, twos, fours, cols, at, flip);
-      const u64x4 eights_b = add_eight(ones, twos, fours, cols, at + 8, flip);
+      const u64x4 eights_a = add_eight(ones, twos, fours, cols, at);
+      const u64x4 eights_b = add_eight(ones, twos, fours, cols, at + 8);
       u64x4 sixteens;
       csa(sixteens, eights, eights, eights_a, eights_b);
-      ripple(planes, 4, P, sixteens);
+      ripple(planes, 4, P, sixteens ^ flip);
     }
+    ones ^= flip, twos ^= flip, fours ^= flip, eights ^= flip;
     for (; i < count; ++i) {  // into the carry-save digits, as a binary number with the planes above them
       const u64x4 word = cols[index[i]] ^ flip;
       u64x4 carry = ones & word;
@@ -276,6 +288,27 @@ inline int count_lanes(const u64x4* cols, const uint16_t* first, int64_t n1, con
   return top;
 }
 
+#if defined(__AVX512BW__)
+// counts [kBlockRows] = the lanes of the binary numbers planes[0 .. P) (plane l: bit l; P <= 24): in each 64-bit
+// lane, plane l adds 2^(l mod 8) to byte r of byte vector l / 8 where it has bit r (a masked byte add), and the byte
+// vectors are widened to int32 and merged.
+inline void lane_counts(const u64x4* planes, int P, int32_t* counts) {
+  for (int j = 0; j < 4; ++j) {
+    __m512i bytes[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int l = 0; l < P; ++l) {
+      const __m512i bit = _mm512_set1_epi8(static_cast<char>(1 << (l % 8)));
+      bytes[l / 8] = _mm512_mask_add_epi8(bytes[l / 8], _cvtu64_mask64(planes[l][j]), bytes[l / 8], bit);
+    }
+    for (int q = 0; q < 4; ++q) {
+      __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes[0], q));
+      for (int g = 1; 8 * g < P; ++g)
+        wide = _mm512_or_si512(wide, _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes[g], q)),
+                                                       8 * g));
+      _mm512_storeu_si512(counts + 64 * j + 16 * q, wide);
+    }
+  }
+}
+#else
 // Swap the bits of a and b selected by mask << shift in a with those selected by mask in b.
 inline void swap_bits(u64x4& a, u64x4& b, int shift, uint64_t mask) {
   const u64x4 d = ((a >> shift) ^ b) & mask;
@@ -321,6 +354,7 @@ inline void lane_counts(const u64x4* planes, int P, int32_t* counts) {
     }
   }
 }
+#endif
 
 // cols [blocks, K]: word k of block b has bit r set where row b * kBlockRows + r of bit rows xbits [M, W64p] has bit k.
 std::vector<u64x4> spike_columns(const uint64_t* xbits, int64_t M, int64_t W64p, int64_t K) {
@@ -338,11 +372,16 @@ std::vector<u64x4> spike_columns(const uint64_t* xbits, int64_t M, int64_t W64p,
   return cols;
 }
 
+// Results of at least this many bytes are stored past the caches where the kernel can (store_counts<float>): they
+// do not stay there anyway, and a streaming store does not read the line first.
+constexpr int64_t kStreamBytes = int64_t{2} << 20;
+
 // Rows m0 .. m0 + rows - 1 and outputs n0 .. n1 - 1 of y from the counts of their +1 codes met by spikes, row r
-// of output n at plus[(n - n0) * kBlockRows + r], and likewise of their -1 codes (minus): as out.store, one by one.
+// of output n at plus[(n - n0) * kBlockRows + r], and likewise of their -1 codes (minus): as out.store, one by one
+// (the last argument, streaming stores, is for store_counts<float>).
 template <typename Out>
 void store_counts(const SpikeOutput<Out>& out, int64_t m0, int64_t rows, int64_t n0, int64_t n1, const int32_t* plus,
-                  const int32_t* minus) {
+                  const int32_t* minus, bool) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t n = n0; n < n1; ++n)
       out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
@@ -350,30 +389,43 @@ void store_counts(const SpikeOutput<Out>& out, int64_t m0, int64_t rows, int64_t
 
 #if defined(__AVX2__)
 // float32 output: blocks of 8 outputs x 8 rows finished in vectors along the rows (the same float32 operations as
-// SpikeOutput::value) and transposed to rows of y, a row's blocks one after another (so that each cache line of y is
-// written whole at once); the edges as store_counts.
+// SpikeOutput::value), transposed in registers to rows of up to 16 outputs (a cache line) and stored a whole row
+// segment at a time, with streaming stores where `stream` (y and out.ldm 32-byte aligned, n0 a multiple of 8; the
+// caller fences); the edges as store_counts.
 template <>
 void store_counts<float>(const SpikeOutput<float>& out, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
-                         const int32_t* plus, const int32_t* minus) {
+                         const int32_t* plus, const int32_t* minus, bool stream) {
   const int64_t full_rows = rows / 8 * 8, full_outputs = (n1 - n0) / 8 * 8;
-  alignas(32) float block[8 * 8];  // block[8 * t + i]: output n0 + g + t, row m0 + r + i
+  alignas(32) float block[8 * 8];      // block[8 * t + i]: output n0 + g + h + t, row m0 + r + i
+  alignas(64) float segments[8 * 16];  // segments[16 * i + t]: row m0 + r + i, output n0 + g + t
   for (int64_t r = 0; r < full_rows; r += 8) {
-    for (int64_t g = 0; g < full_outputs; g += 8) {
-      for (int t = 0; t < 8; ++t) {
-        const int64_t n = n0 + g + t, at = (g + t) * kBlockRows + r;
-        const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plus + at));
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(minus + at));
-        __m256 v;
-        if (out.asymmetric) {
-          v = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
-                            _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(out.scale[out.ldscale + n])));
-        } else {
-          v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
+    for (int64_t g = 0; g < full_outputs; g += 16) {
+      const int64_t width = std::min<int64_t>(16, full_outputs - g);
+      for (int64_t h = 0; h < width; h += 8) {
+        for (int t = 0; t < 8; ++t) {
+          const int64_t n = n0 + g + h + t, at = (g + h + t) * kBlockRows + r;
+          const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plus + at));
+          const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(minus + at));
+          __m256 v;
+          if (out.asymmetric) {
+            v = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
+                              _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(out.scale[out.ldscale + n])));
+          } else {
+            v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
+          }
+          if (out.bias != nullptr) v = _mm256_add_ps(v, _mm256_set1_ps(out.bias[n]));
+          _mm256_store_ps(block + 8 * t, v);
         }
-        if (out.bias != nullptr) v = _mm256_add_ps(v, _mm256_set1_ps(out.bias[n]));
-        _mm256_store_ps(block + 8 * t, v);
+        transpose8x8(block, 8, segments + h, 16);
       }
-      transpose8x8(block, 8, out.y + (m0 + r) * out.ldm + n0 + g, out.ldm);
+      for (int i = 0; i < 8; ++i) {
+        float* row = out.y + (m0 + r + i) * out.ldm + n0 + g;
+        for (int64_t h = 0; h < width; h += 8) {
+          const __m256 v = _mm256_load_ps(segments + 16 * i + h);
+          if (stream) _mm256_stream_ps(row + h, v);
+          else _mm256_storeu_ps(row + h, v);
+        }
+      }
     }
   }
   for (int64_t r = 0; r < rows; ++r)
@@ -389,6 +441,8 @@ void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
   const int64_t K = v.K, N = v.N, blocks = (M + kBlockRows - 1) / kBlockRows;
   const int64_t tasks = (N + kTaskOutputs - 1) / kTaskOutputs;
   const std::vector<u64x4> cols = spike_columns(xbits, M, W64p, K);
+  const bool stream = std::is_same_v<Out, float> && M * N * static_cast<int64_t>(sizeof(Out)) >= kStreamBytes &&
+                      reinterpret_cast<uintptr_t>(out.y) % 32 == 0 && out.ldm % 8 == 0 && out.ldn == 1;
   at::parallel_for(0, blocks * tasks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<int32_t> plus(kTaskOutputs * kBlockRows), minus(kTaskOutputs * kBlockRows);
     u64x4 planes[kMaxPlanes + 4];
@@ -408,8 +462,12 @@ void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
           std::fill(down, down + kBlockRows, static_cast<int32_t>(end - split));
         }
       }
-      store_counts(out, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n0, n1, plus.data(), minus.data());
+      store_counts(out, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n0, n1, plus.data(), minus.data(),
+                   stream);
     }
+#if defined(__AVX2__)
+    if (stream) _mm_sfence();
+#endif
   });
 }
 

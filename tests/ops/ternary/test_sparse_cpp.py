@@ -59,6 +59,17 @@ def test_sparse_kernels_are_exact(dtype, asymmetric, m, k, n):
 
 
 @pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("n", [1000, 1003])
+def test_sparse_kernels_exact_on_large_outputs(asymmetric, n):
+    """float32 results of 2 MiB and more: stored past the caches where their rows are 32-byte aligned (n = 1000), as
+    usual where they are not (n = 1003)."""
+    _, packed, scale, bias = _pruned(n, 300, 0.1, asymmetric, seed=n)
+    layout = linear_cpu_layout(packed, 300, form="sparse")
+    for b in (None, bias):
+        _check_all_kernels(_spikes((600, 300), 0.2, torch.float32, seed=n), packed, scale, b, layout)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 1.0])
 def test_sparse_kernels_at_any_density(asymmetric, density):
     """An entirely zero weight, a nearly empty one, and dense ones (the sparse layout is exact at any density)."""
