@@ -210,10 +210,9 @@ constexpr int64_t kTaskOutputs = 16;  // outputs per task: a row of their result
 // self-dual: the adder of the inverted words gives the inverted results.
 inline void csa(u64x4& high, u64x4& low, u64x4 a, u64x4 b, u64x4 c) {
 #if defined(__AVX512VL__)
-  const auto x = reinterpret_cast<__m256i&>(a), y = reinterpret_cast<__m256i&>(b), z = reinterpret_cast<__m256i&>(c);
-  const __m256i majority = _mm256_ternarylogic_epi64(x, y, z, 0xE8), parity = _mm256_ternarylogic_epi64(x, y, z, 0x96);
-  high = reinterpret_cast<const u64x4&>(majority);
-  low = reinterpret_cast<const u64x4&>(parity);
+  const auto x = (__m256i)a, y = (__m256i)b, z = (__m256i)c;  // GCC vector casts: the same 256 bits
+  high = (u64x4)_mm256_ternarylogic_epi64(x, y, z, 0xE8);      // majority
+  low = (u64x4)_mm256_ternarylogic_epi64(x, y, z, 0x96);       // parity
 #else
   const u64x4 u = a ^ b;
   high = (a & b) | (u & c);
