@@ -371,9 +371,14 @@ std::vector<u64x4> spike_columns(const uint64_t* xbits, int64_t M, int64_t W64p,
   return cols;
 }
 
-// Results of at least this many bytes are stored past the caches where the kernel can (store_counts<float>): they
-// do not stay there anyway, and a streaming store does not read the line first.
+// Results of at least this many bytes are stored past the caches where the kernel can (store_counts<float> of
+// AVX2 and later builds): they do not stay there anyway, and a streaming store does not read the line first.
 constexpr int64_t kStreamBytes = int64_t{2} << 20;
+#if defined(__AVX2__)
+constexpr bool kStreamingStores = true;
+#else
+constexpr bool kStreamingStores = false;
+#endif
 
 // Rows m0 .. m0 + rows - 1 and outputs n0 .. n1 - 1 of y from the counts of their +1 codes met by spikes, row r
 // of output n at plus[(n - n0) * kBlockRows + r], and likewise of their -1 codes (minus): as out.store, one by one
@@ -440,7 +445,8 @@ void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
   const int64_t K = v.K, N = v.N, blocks = (M + kBlockRows - 1) / kBlockRows;
   const int64_t tasks = (N + kTaskOutputs - 1) / kTaskOutputs;
   const std::vector<u64x4> cols = spike_columns(xbits, M, W64p, K);
-  const bool stream = std::is_same_v<Out, float> && M * N * static_cast<int64_t>(sizeof(Out)) >= kStreamBytes &&
+  const bool stream = kStreamingStores && std::is_same_v<Out, float> &&
+                      M * N * static_cast<int64_t>(sizeof(Out)) >= kStreamBytes &&
                       reinterpret_cast<uintptr_t>(out.y) % 32 == 0 && out.ldm % 8 == 0 && out.ldn == 1;
   at::parallel_for(0, blocks * tasks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<int32_t> plus(kTaskOutputs * kBlockRows), minus(kTaskOutputs * kBlockRows);

@@ -304,6 +304,15 @@ def _spikes_with_count(shape, count, seed):
     return x.view(shape)
 
 
+def test_event_density_is_per_layer_kind():
+    """One threshold per layer kind, each a share of the inputs; any other kind is refused."""
+    assert cpp_extension_available()
+    for layer in ("linear", "conv2d"):
+        assert 0.0 < torch.ops.tna_cpp.ternary_event_density(layer) < 1.0
+    with pytest.raises(RuntimeError, match="layer must be 'linear' or 'conv2d'"):
+        torch.ops.tna_cpp.ternary_event_density("conv1d")
+
+
 def _counts_around_the_switch(total, layer):
     """Spike counts out of ``total`` inputs: none, one, the last count that takes the event kernel under "auto"
     for ``layer`` ("linear" or "conv2d") and the first that takes the dense one, half, and all."""
