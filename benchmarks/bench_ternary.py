@@ -8,10 +8,11 @@ spikes of a spiking ResNet layer (input [64, 128, 16, 16] with T*B folded, 3x3 c
 padding 1) against ``F.conv2d`` in float32 and bfloat16. Then a spike-rate sweep of the frozen layers
 (cached layout; M=256 for the linear layer, the same conv layer) at rates from 2 % to 60 %: the kernel
 chosen per call ("auto"), the dense bit-plane kernel and the event-driven kernel forced, against F.linear /
-F.conv2d in float32 on the same input. Then pruned frozen linear layers (M=256, K=N=4096, 10 % spikes): the usual
-TWN codes (weight sparsity 0) and codes +-1 at random places with 50 % to 99 % of the weights pruned to 0, each run
-as a frozen ``TernaryLinear`` (its cached layout is the sparse one where the weight is sparse enough), with the
-speedup of the pruned layer over the unpruned one.
+F.conv2d in float32 on the same input. Then pruned frozen layers at 10 % spikes, a linear one (M=256, K=N=4096) and
+a late VGG-style conv (input [64, 512, 4, 4], 3x3 conv 512 -> 512, padding 1): the usual TWN codes (weight sparsity
+0) and codes +-1 at random places with 50 % to 99 % of the weights pruned to 0, each run as a frozen
+``TernaryLinear`` / ``TernaryConv2d`` (its cached layout is the sparse one where the weight is sparse enough), with
+the speedup of the pruned layer over the unpruned one.
 GPU (when CUDA is present): the Triton kernels at K = N in {4096, 8192}, M in {1, 16, 256, 1024, 4096},
 on bfloat16 spikes and bfloat16 real input, against cuBLAS (``F.linear`` in bfloat16 and in float32,
 PyTorch's default precision), and 3x3 conv layers (T*B = 256, C = O in {128, 256}, 32x32 and 16x16,
@@ -83,6 +84,9 @@ MEMORY_GOAL = ("packed weights (with scales) at least 15x smaller than float32",
 PRUNE_SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
 """CPU: the weight sparsities (share of codes 0) of the pruned frozen layers; 0 is the unpruned TWN weight."""
 PRUNE_RATE = 0.1
+PRUNE_CONV = ((64, 512, 4, 4), (512, 512, 3, 3))
+"""CPU: the pruned conv layer, as ([T*B, C, H, W] spike input, [O, C, kh, kw] weight), padding CONV_PADDING: a late
+VGG-style layer, where most of a network's weights are."""
 PRUNE_GOAL = ("CPU: frozen linear (M=256, 10% spikes) at 90% weight sparsity at least 3x faster than unpruned", 0.9,
               3.0)
 """(goal, weight sparsity, least speedup over the unpruned layer)."""
@@ -295,54 +299,86 @@ def rate_sweep(quick: bool) -> list:
     return rows
 
 
-def _pruned_layer(codes, scale, sparsity: float, gen) -> torch.nn.Module:
-    """A frozen spike-input ``TernaryLinear`` without bias: ``codes`` (sparsity 0) or codes +-1 at random places of
-    share ``1 - sparsity``, 0 elsewhere, with ``scale``."""
-    if sparsity > 0:
-        keep = torch.rand(codes.shape, generator=gen) >= sparsity
-        signs = torch.where(torch.rand(codes.shape, generator=gen) < 0.5, 1, -1)
-        codes = torch.where(keep, signs, 0).to(torch.int8)
-    n, k = codes.shape
-    layer = tna_kernels.nn.TernaryLinear(k, n, bias=False, spikes=True).freeze()
-    layer.packed.copy_(tna_kernels.pack_ternary(codes))
-    layer.scale.copy_(scale)
-    return layer
+def _pruned_codes(codes, sparsity: float, gen):
+    """``codes`` (sparsity 0) or codes +-1 at random places of share ``1 - sparsity``, 0 elsewhere."""
+    if sparsity == 0:
+        return codes
+    keep = torch.rand(codes.shape, generator=gen) >= sparsity
+    return torch.where(keep, torch.where(torch.rand(codes.shape, generator=gen) < 0.5, 1, -1), 0).to(torch.int8)
+
+
+def _prune_cases(gen) -> list:
+    """(layer, case, x, make) of the pruning sweep: ``make(codes)`` is the frozen spike-input layer (no bias) with
+    those codes, ``codes`` the unpruned TWN codes of the same shape, with ``reference(layer, x)`` the exact output."""
+    k = LINEAR["cpu"][0][0]
+    codes, scale = tna_kernels.ternarize(torch.randn((k, k), generator=gen))
+    x = (torch.rand((SWEEP_M, k), generator=gen) < PRUNE_RATE).float()
+
+    def linear(c):
+        layer = tna_kernels.nn.TernaryLinear(k, k, bias=False, spikes=True).freeze()
+        layer.packed.copy_(tna_kernels.pack_ternary(c))
+        layer.scale.copy_(scale)
+        return layer
+
+    input_shape, weight_shape = PRUNE_CONV
+    c_codes, c_scale = tna_kernels.ternarize(torch.randn(weight_shape, generator=gen))
+    c_x = (torch.rand(input_shape, generator=gen) < PRUNE_RATE).float()
+
+    def conv(c):
+        o, ch, kh, kw = weight_shape
+        layer = tna_kernels.nn.TernaryConv2d(ch, o, (kh, kw), padding=CONV_PADDING, bias=False, spikes=True).freeze()
+        layer.packed.copy_(tna_kernels.pack_ternary(c.reshape(o, -1)))
+        layer.scale.copy_(c_scale.view(layer.scale.shape))
+        return layer
+
+    def linear_reference(layer, x):
+        return ternary_linear_reference(x, layer.packed, layer.scale, spikes=True)
+
+    def conv_reference(layer, x):
+        return ternary_conv2d_reference(x, layer.packed, layer.scale, padding=CONV_PADDING,
+                                        kernel_size=weight_shape[2:], spikes=True)
+
+    return [("linear", f"M={SWEEP_M} K={k} N={k}", x, codes, linear, linear_reference),
+            ("conv2d", f"x {list(input_shape)} W {list(weight_shape)} padding {CONV_PADDING}", c_x, c_codes, conv,
+             conv_reference)]
 
 
 def prune_sweep(quick: bool) -> list:
-    """Rows (sparsity, density, layout, ms, speedup_vs_unpruned) of pruned frozen linear layers on the same spikes."""
+    """Rows (layer, case, sparsity, density, layout, ms, speedup_vs_unpruned) of pruned frozen linear and conv2d
+    layers, each on the same spikes at every sparsity."""
     from tna_kernels.ops.ternary.op import is_sparse_layout
 
-    k = LINEAR["cpu"][0][0]
     gen = torch.Generator().manual_seed(1)
-    codes, scale = tna_kernels.ternarize(torch.randn((k, k), generator=gen))
-    x = (torch.rand((SWEEP_M, k), generator=gen) < PRUNE_RATE).float()
     sparsities = (0.0, PRUNE_GOAL[1]) if quick else PRUNE_SPARSITIES
-    layers, rows = {}, []
-    with torch.no_grad():
-        for sparsity in sparsities:
-            layer = _pruned_layer(codes, scale, sparsity, gen)
-            if not torch.equal(layer(x), ternary_linear_reference(x, layer.packed, layer.scale, spikes=True)):
-                raise AssertionError(f"the frozen layer at weight sparsity {sparsity} differs from the exact reference")
-            layers[sparsity] = layer
-        times = {sparsity: [] for sparsity in layers}
-        for _ in range(timing_rounds("cpu", quick)):
-            for sparsity, layer in layers.items():
-                times[sparsity].append(time_ms(partial(layer, x), "cpu", quick))
-    base = statistics.median(times[0.0])
-    for sparsity, layer in layers.items():
-        ms = statistics.median(times[sparsity])
-        density = torch.ops.tna_cpp.ternary_code_density(layer.packed, k)
-        rows.append(dict(layer="linear", case=f"M={SWEEP_M} K={k} N={k}", rate=PRUNE_RATE, sparsity=sparsity,
-                         density=density, layout="sparse" if is_sparse_layout(layer._layout) else "dense", ms=ms,
-                         speedup_vs_unpruned=base / ms))
+    rows = []
+    for layer_kind, case, x, codes, make, reference in _prune_cases(gen):
+        layers = {}
+        with torch.no_grad():
+            for sparsity in sparsities:
+                layer = make(_pruned_codes(codes, sparsity, gen))
+                if not torch.equal(layer(x), reference(layer, x)):
+                    raise AssertionError(f"the frozen {layer_kind} layer at weight sparsity {sparsity} differs from "
+                                         "the exact reference")
+                layers[sparsity] = layer
+            times = {sparsity: [] for sparsity in layers}
+            for _ in range(timing_rounds("cpu", quick)):
+                for sparsity, layer in layers.items():
+                    times[sparsity].append(time_ms(partial(layer, x), "cpu", quick))
+        base = statistics.median(times[0.0])
+        for sparsity, layer in layers.items():
+            ms = statistics.median(times[sparsity])
+            density = torch.ops.tna_cpp.ternary_code_density(layer.packed, codes[0].numel())
+            rows.append(dict(layer=layer_kind, case=case, rate=PRUNE_RATE, sparsity=sparsity, density=density,
+                             layout="sparse" if is_sparse_layout(layer._layout) else "dense", ms=ms,
+                             speedup_vs_unpruned=base / ms))
     return rows
 
 
 def prune_goals(pruned) -> list:
     """The pruning goal: the unpruned layer's time over the pruned one's at the goal's sparsity."""
     goal, sparsity, target = PRUNE_GOAL
-    value = next((r["speedup_vs_unpruned"] for r in pruned if r["sparsity"] == sparsity), None)
+    value = next((r["speedup_vs_unpruned"] for r in pruned if r["layer"] == "linear" and r["sparsity"] == sparsity),
+                 None)
     return [dict(goal=goal, target=target, value=value, met=None if value is None else value >= target)]
 
 
@@ -413,15 +449,15 @@ def markdown(result) -> str:
         first = result["pruned"][0]
         lines += [
             "",
-            f"Pruned frozen linear layers ({first['case']}, {first['rate']:.0%} spikes): weight sparsity 0 is the TWN "
-            "weight, the others codes +-1 at random places; the layout is the one the frozen module cached:",
+            f"Pruned frozen layers ({first['rate']:.0%} spikes): weight sparsity 0 is the TWN weight, the others codes "
+            "+-1 at random places; the layout is the one the frozen module cached:",
             "",
-            "| weight sparsity | non-zero codes | layout | time (ms) | unpruned / pruned |",
-            "|---:|---:|---|---:|---:|",
+            "| layer | shape | weight sparsity | non-zero codes | layout | time (ms) | unpruned / pruned |",
+            "|---|---|---:|---:|---|---:|---:|",
         ]
         for r in result["pruned"]:
-            lines.append(f"| {r['sparsity']:.0%} | {r['density']:.1%} | {r['layout']} | {r['ms']:.3f} | "
-                         f"{r['speedup_vs_unpruned']:.2f}x |")
+            lines.append(f"| {r.get('layer', 'linear')} | {r['case']} | {r['sparsity']:.0%} | {r['density']:.1%} | "
+                         f"{r['layout']} | {r['ms']:.3f} | {r['speedup_vs_unpruned']:.2f}x |")
     lines += ["", "Goals:"]
     lines += goal_lines(result["goals"])
     return "\n".join(lines) + "\n"

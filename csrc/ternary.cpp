@@ -525,55 +525,6 @@ at::Tensor ternary_linear_spikes(const at::Tensor& x, const at::Tensor& packed, 
 // the vector lanes: the planes are interleaved by blocks of kLanes channels, a pixel's word is broadcast,
 // and each accumulator holds kLanes channels (no horizontal sums).
 // ---------------------------------------------------------------------------------------------
-constexpr int64_t kLanes = 8;  // output channels per 512-bit vector of 64-bit counts
-
-struct ConvShape {
-  int64_t B, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
-  int64_t Cg, Og, T, Wc, Wk, Ob;  // channels per group (in, out), taps, words per pixel and group,
-                                  // words per bit row, blocks of kLanes output channels per group
-};
-
-// Channel bits per pixel bits [B, H, W, G, Wc] of x [B, C, H, W]: bit c % 64 of word c / 64 of group g is
-// channel g * Cg + c (bits past Cg are zero). Returns false if some element is neither 0 nor 1.
-template <typename T>
-bool to_pixel_bits(const T* x, const ConvShape& s, uint64_t* bits) {
-  std::atomic<bool> ok{true};
-  at::parallel_for(0, s.B * s.H, 1, [&](int64_t r0, int64_t r1) {  // image rows r = b * H + h
-    // local copies: the word stores below could otherwise alias the sizes, which stops vectorization
-    const int64_t C = s.C, H = s.H, W = s.W, Cg = s.Cg, Wc = s.Wc, pixel_words = s.G * s.Wc;
-    // the word of each pixel of a run of rows in two halves (channels c0 .. c0 + 31, then the rest): 32-bit
-    // lanes, twice as many to a vector as 64-bit ones
-    const int64_t most = std::min(r1 - r0, H) * W;
-    std::vector<uint32_t> halves(2 * most);
-    uint32_t bad = 0;
-    for (int64_t r = r0, next; r < r1; r = next) {  // rows r .. next - 1 of image b: contiguous in x
-      const int64_t b = r / H;
-      next = std::min(r1, (b + 1) * H);
-      const int64_t pixels = (next - r) * W;
-      for (int64_t q = 0; q < pixel_words; ++q) {  // q = g * Wc + word index
-        const int64_t c0 = q / Wc * Cg + q % Wc * 64, c1 = std::min(q / Wc * Cg + Cg, c0 + 64);
-        std::fill(halves.begin(), halves.end(), 0);
-        for (int64_t c = c0; c < c1; ++c) {
-          const T* src = x + (b * C + c) * H * W + (r - b * H) * W;
-          const uint32_t bit = uint32_t(1) << ((c - c0) % 32);
-          uint32_t* word = halves.data() + (c - c0) / 32 * most;
-          for (int64_t p = 0; p < pixels; ++p) {  // written so that it vectorizes
-            const float v = static_cast<float>(src[p]);
-            bad |= static_cast<uint32_t>(v != 0.0f) & static_cast<uint32_t>(v != 1.0f);
-            word[p] |= v == 1.0f ? bit : 0u;
-          }
-        }
-        const uint32_t* low = halves.data();
-        const uint32_t* high = low + most;
-        for (int64_t p = 0; p < pixels; ++p)
-          bits[(r * W + p) * pixel_words + q] = low[p] | static_cast<uint64_t>(high[p]) << 32;
-      }
-    }
-    if (bad != 0) ok = false;
-  });
-  return ok;
-}
-
 // Interleaved bit-planes plus / minus [G, Ob, Wk, kLanes] from packed conv rows [O, W16] (codes in (channel,
 // tap) order, k = c * T + t): output channel o = g * Og + b * kLanes + l is lane l of block b of group g, and
 // bit t * Cg + c of its words is set in plus where code k is 1, in minus where it is -1. The planes must be
@@ -602,41 +553,6 @@ void to_conv_bit_planes(const int32_t* packed, int64_t W16, const ConvShape& s, 
       }
     }
   });
-}
-
-// Calls f(tap, ih, iw) for each tap = i * kw + j of output pixel l (l = oh * Wo + ow) whose input pixel (ih, iw)
-// is inside the image.
-template <typename F>
-inline void for_each_tap(const ConvShape& s, int64_t l, F&& f) {
-  const int64_t oh = l / s.Wo, ow = l % s.Wo;
-  for (int64_t i = 0; i < s.kh; ++i) {
-    const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-    if (ih < 0 || ih >= s.H) continue;
-    for (int64_t j = 0; j < s.kw; ++j) {
-      const int64_t iw = ow * s.sw - s.pw + j * s.dw;
-      if (iw >= 0 && iw < s.W) f(i * s.kw + j, ih, iw);
-    }
-  }
-}
-
-// The bit rows `rows` [l1 - l0, Wk] of the receptive fields of output pixels l0 .. l1 - 1 (l = oh * Wo + ow) of
-// image b in group g, gathered from the pixel bits [B, H, W, G, Wc]; taps outside the image stay zero.
-void gather_rows(const uint64_t* bits, const ConvShape& s, int64_t b, int64_t g, int64_t l0, int64_t l1,
-                 uint64_t* rows) {
-  std::fill(rows, rows + (l1 - l0) * s.Wk, 0);
-  for (int64_t l = l0; l < l1; ++l) {
-    uint64_t* row = rows + (l - l0) * s.Wk;
-    for_each_tap(s, l, [&](int64_t tap, int64_t ih, int64_t iw) {
-      const uint64_t* src = bits + (((b * s.H + ih) * s.W + iw) * s.G + g) * s.Wc;
-      for (int64_t w = 0; w < s.Wc; ++w) {
-        const uint64_t v = src[w];
-        const int64_t bit = tap * s.Cg + 64 * w, shift = bit % 64;
-        row[bit / 64] |= v << shift;
-        // bits carried into the next word are channel bits, so that word is inside the row
-        if (shift != 0 && (v >> (64 - shift)) != 0) row[bit / 64 + 1] |= v >> (64 - shift);
-      }
-    });
-  }
 }
 
 // acc_p[i][j * kLanes + l] = sum_w popcount(rows[i * Wk + w] & plus[(j * Wk + w) * kLanes + l]), acc_n likewise
@@ -905,12 +821,6 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
   });
 }
 
-// The weight's part of s: O output channels, Cg input channels per group, G groups, a kh x kw kernel.
-void set_weight_shape(ConvShape& s, int64_t O, int64_t Cg, int64_t groups, int64_t kh, int64_t kw) {
-  s.O = O, s.Cg = Cg, s.G = groups, s.kh = kh, s.kw = kw, s.T = kh * kw;
-  s.Og = O / groups, s.Wk = (s.T * Cg + 63) / 64, s.Ob = (s.Og + kLanes - 1) / kLanes;
-}
-
 // A conv layout: the interleaved bit-planes [2, G * Ob * Wk * kLanes] (plus, then minus), then per group the
 // column tiles of its Og outputs over its T * Cg inputs in bit-row order (row t * Cg + c).
 inline LayoutSize conv_layout_size(const ConvShape& s) {
@@ -965,35 +875,11 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
                                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                  int64_t groups, at::IntArrayRef kernel_size, c10::string_view kernel) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
-              "ternary_conv2d: x must be a contiguous 4-D CPU tensor [B, C, H, W], got ", x.sizes());
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && kernel_size.size() == 2,
-              "ternary_conv2d: stride, padding, dilation and kernel_size must be pairs");
-  TORCH_CHECK(std::min(stride[0], stride[1]) >= 1 && std::min(padding[0], padding[1]) >= 0 &&
-                  std::min(dilation[0], dilation[1]) >= 1 && std::min(kernel_size[0], kernel_size[1]) >= 1,
-              "ternary_conv2d: need stride, dilation, kernel_size >= 1 and padding >= 0");
   const SpikeKernel choice = spike_kernel(kernel, "ternary_conv2d");
-  ConvShape s{};
-  s.B = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
-  s.sh = stride[0], s.sw = stride[1], s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
-  TORCH_CHECK(groups >= 1 && s.C % groups == 0, "ternary_conv2d: groups = ", groups, " must divide C = ", s.C);
-  check_weights(packed, scale, s.C / groups * kernel_size[0] * kernel_size[1], "ternary_conv2d");
-  TORCH_CHECK(packed.size(0) % groups == 0, "ternary_conv2d: groups = ", groups, " must divide O = ", packed.size(0));
-  set_weight_shape(s, packed.size(0), s.C / groups, groups, kernel_size[0], kernel_size[1]);
-  check_bias(bias, s.O, "ternary_conv2d");
-  TORCH_CHECK(s.H + 2 * s.ph >= s.dh * (s.kh - 1) + 1 && s.W + 2 * s.pw >= s.dw * (s.kw - 1) + 1,
-              "ternary_conv2d: the input ", x.sizes(), " is smaller than the dilated kernel");
-  s.Ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-  s.Wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
-  s.Wc = (s.Cg + 63) / 64;
+  const ConvShape s = conv_shape(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size);
   const LayoutSize size = conv_layout_size(s);
   if (layout.has_value()) check_layout(*layout, size, "ternary_conv2d");
-  std::vector<uint64_t> bits(s.B * s.H * s.W * s.G * s.Wc);
-  bool ok = true;
-  AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_conv2d_spikes", [&] {
-    ok = to_pixel_bits(x.data_ptr<scalar_t>(), s, bits.data());
-  });
-  TORCH_CHECK(ok, "ternary_conv2d: spike input must hold only 0 and 1; found other values");
+  const std::vector<uint64_t> bits = pixel_bits(x, s);
   int64_t spikes = 0;
   for (const uint64_t word : bits) spikes += __builtin_popcountll(word);
   const bool by_events = use_events(choice, spikes, x.numel(), s.B * s.Ho * s.Wo, layout.has_value(),

@@ -1,10 +1,13 @@
-// Pruned ternary linear layers on spike input: a sparse CPU layout of the packed weight and its two exact kernels.
+// Pruned ternary linear and conv2d layers on spike input: a sparse CPU layout of the packed weight and its two exact
+// kernels. A conv (one group) goes through them as the linear layer of its receptive-field bit rows (ternary_common.h:
+// one row per output pixel, inputs in (tap, channel) order), its layout listing the codes in that order.
 //
 // A pruned weight (most codes 0) is kept as lists of its non-zero codes, in both directions (the sparse layout):
 // - by output: for output n, the inputs whose code is +1, then those whose code is -1 (each list ascending);
 // - by input: for input k, the outputs whose code is +1, then those whose code is -1.
 // Indices are uint16, so K and N are at most 65536. The layout also holds the dense one of ternary.cpp (bit-planes and
-// int8 code columns) for few rows. Three exact kernels read it, chosen per call (see choose_kernel):
+// int8 code columns, or a conv's) for few rows. Three exact kernels read it, chosen per call (see choose_kernel and
+// choose_conv_kernel):
 // - bit-sliced: the spikes of a block of 256 rows become one 256-bit word per input (bit r set where row r spiked).
 //   For each output, the words of the inputs on its +1 list are added lane by lane with carry-save adders
 //   (Harley-Seal: ones, twos, fours and eights, then a ripple counter of sixteens) into bit-sliced counters of
@@ -12,8 +15,8 @@
 //   costs a few vector operations per block of rows, whatever the spike rate.
 // - scatter: each spike of a row adds 1 to the sums of its input's +1 outputs and subtracts 1 from those of its -1
 //   outputs: the cost is (spikes x non-zero codes per input), the kernel for few rows and very sparse weights.
-// - the dense layout's kernels (ternary_linear_spikes), whose event-driven one adds a whole int8 column per spike:
-//   for few rows it beats the scatter kernel unless the weight is very sparse.
+// - the dense layout's kernels (ternary_linear_spikes, ternary_conv2d_spikes), whose event-driven one adds a whole
+//   int8 column per spike: for few rows it beats the scatter kernel unless the weight is very sparse.
 // Both count exactly in integers and finish in float32 as the dense and event kernels of ternary.cpp do.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,7 +35,8 @@ namespace {
 
 using namespace tna_cpu;
 
-constexpr int32_t kSparseMagic = 0x54535031;  // "TSP1": the first word of a sparse layout
+constexpr int32_t kSparseMagic = 0x54535031;      // "TSP1": the first word of a linear sparse layout
+constexpr int32_t kSparseConvMagic = 0x54535043;  // "TSPC": that of a conv one
 constexpr int64_t kHeaderWords = 8;           // magic, K, N, non-zero codes, dense part's offset, then zeros
 constexpr int64_t kMaxIndex = 65536;          // uint16 indices: K and N at most this
 constexpr int64_t kMaxPlanes = 17;            // bits of a count of at most kMaxIndex codes
@@ -69,9 +73,18 @@ SparseView view_layout(const int32_t* words) {
   return v;
 }
 
-// The counts of +1 and -1 codes of packed rows [N, W16] of K codes, per output (by_output) or per input.
-void count_codes(const int32_t* packed, int64_t N, int64_t K, bool by_output, std::vector<int64_t>& plus,
-                 std::vector<int64_t>& minus) {
+// The input order of a layout: input k of the layout is code code_index(k) of a packed row. A linear layout keeps
+// the packed order; a conv layout takes the (tap, channel) order of the receptive-field bit rows (ternary_common.h)
+// for packed codes in (channel, tap) order.
+struct InputOrder {
+  int64_t taps = 1, channels = 1;  // T and Cg of a conv (1 and 1: the packed order)
+  int64_t code_index(int64_t k) const { return k % channels * taps + k / channels; }
+};
+
+// The counts of +1 and -1 codes of packed rows [N, W16] of K codes, per output (by_output) or per input (in the
+// layout's input order).
+void count_codes(const int32_t* packed, int64_t N, int64_t K, bool by_output, const InputOrder& order,
+                 std::vector<int64_t>& plus, std::vector<int64_t>& minus) {
   const int64_t W16 = (K + kCodesPerWord - 1) / kCodesPerWord;
   plus.assign(by_output ? N : K, 0);
   minus.assign(by_output ? N : K, 0);
@@ -85,10 +98,10 @@ void count_codes(const int32_t* packed, int64_t N, int64_t K, bool by_output, st
     });
     return;
   }
-  at::parallel_for(0, W16, 16, [&](int64_t w0, int64_t w1) {  // a task owns the inputs of its words
+  at::parallel_for(0, K, 256, [&](int64_t k0, int64_t k1) {  // a task owns its inputs
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = w0 * kCodesPerWord; k < std::min(K, w1 * kCodesPerWord); ++k) {
-        const int c = code_at(packed + n * W16, k);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int c = code_at(packed + n * W16, order.code_index(k));
         plus[k] += c == 1, minus[k] += c == -1;
       }
   });
@@ -107,8 +120,8 @@ int64_t list_bounds(const std::vector<int64_t>& plus, const std::vector<int64_t>
   return total;
 }
 
-// Fill the index lists of both directions (bounds already set).
-void fill_lists(const int32_t* packed, const SparseView& v) {
+// Fill the index lists of both directions (bounds already set), inputs in the layout's order.
+void fill_lists(const int32_t* packed, const InputOrder& order, const SparseView& v) {
   const int64_t K = v.K, N = v.N, W16 = (K + kCodesPerWord - 1) / kCodesPerWord;
   auto* out_index = const_cast<uint16_t*>(v.out_index);
   auto* in_index = const_cast<uint16_t*>(v.in_index);
@@ -116,18 +129,17 @@ void fill_lists(const int32_t* packed, const SparseView& v) {
     for (int64_t n = n0; n < n1; ++n) {
       int64_t p = v.out_start[n], m = v.out_split[n];
       for (int64_t k = 0; k < K; ++k) {
-        const int c = code_at(packed + n * W16, k);
+        const int c = code_at(packed + n * W16, order.code_index(k));
         if (c == 1) out_index[p++] = static_cast<uint16_t>(k);
         if (c == -1) out_index[m++] = static_cast<uint16_t>(k);
       }
     }
   });
-  at::parallel_for(0, W16, 16, [&](int64_t w0, int64_t w1) {
-    const int64_t k0 = w0 * kCodesPerWord, k1 = std::min(K, w1 * kCodesPerWord);
+  at::parallel_for(0, K, 256, [&](int64_t k0, int64_t k1) {  // a task owns its inputs
     std::vector<int64_t> p(v.in_start + k0, v.in_start + k1), m(v.in_split + k0, v.in_split + k1);
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = k0; k < k1; ++k) {
-        const int c = code_at(packed + n * W16, k);
+        const int c = code_at(packed + n * W16, order.code_index(k));
         if (c == 1) in_index[p[k - k0]++] = static_cast<uint16_t>(n);
         if (c == -1) in_index[m[k - k0]++] = static_cast<uint16_t>(n);
       }
@@ -145,54 +157,75 @@ void check_packed(const at::Tensor& packed, int64_t K, const char* op) {
 double ternary_code_density(const at::Tensor& packed, int64_t K) {
   check_packed(packed, K, "ternary_code_density");
   std::vector<int64_t> plus, minus;
-  count_codes(packed.data_ptr<int32_t>(), packed.size(0), K, true, plus, minus);
+  count_codes(packed.data_ptr<int32_t>(), packed.size(0), K, true, InputOrder{}, plus, minus);
   int64_t nnz = 0;
   for (size_t n = 0; n < plus.size(); ++n) nnz += plus[n] + minus[n];
   const double codes = static_cast<double>(packed.size(0)) * static_cast<double>(K);
   return codes > 0 ? static_cast<double>(nnz) / codes : 0.0;
 }
 
-// The sparse layout (int32 [P], see SparseView) of a packed linear weight [N, ceil(K/16)] with K, N <= 65536: a
-// cache for a weight that does not change, read by ternary_linear_sparse_spikes.
-at::Tensor ternary_linear_sparse_layout(const at::Tensor& packed, int64_t K) {
-  check_packed(packed, K, "ternary_linear_sparse_layout");
+// A sparse layout (int32 [P], see SparseView; header word 0 `magic`) of packed rows [N, ceil(K/16)] for K, N <= 65536,
+// its inputs in `order`, followed by `dense` (the dense layout of the same weight; `op` names the caller in errors).
+at::Tensor sparse_layout(const at::Tensor& packed, int64_t K, const InputOrder& order, const at::Tensor& dense,
+                         int32_t magic, const char* op) {
   const int64_t N = packed.size(0);
-  TORCH_CHECK(K <= kMaxIndex && N <= kMaxIndex, "ternary_linear_sparse_layout: K and N must be at most ", kMaxIndex,
-              ", got K = ", K, ", N = ", N);
+  TORCH_CHECK(K <= kMaxIndex && N <= kMaxIndex, op, ": the inputs and outputs must be at most ", kMaxIndex,
+              " each, got ", K, " and ", N);
   const int32_t* codes = packed.data_ptr<int32_t>();
   std::vector<int64_t> out_plus, out_minus, in_plus, in_minus;
-  count_codes(codes, N, K, true, out_plus, out_minus);
-  count_codes(codes, N, K, false, in_plus, in_minus);
+  count_codes(codes, N, K, true, order, out_plus, out_minus);
+  count_codes(codes, N, K, false, order, in_plus, in_minus);
   int64_t nnz = 0;
   for (int64_t n = 0; n < N; ++n) nnz += out_plus[n] + out_minus[n];
-  TORCH_CHECK(nnz <= INT32_MAX, "ternary_linear_sparse_layout: ", nnz, " non-zero codes do not fit int32 offsets");
-  const at::Tensor dense = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("tna_cpp::ternary_linear_layout", "")
-                               .typed<at::Tensor(const at::Tensor&, int64_t)>()
-                               .call(packed, K);
+  TORCH_CHECK(nnz <= INT32_MAX, op, ": ", nnz, " non-zero codes do not fit int32 offsets");
   const int64_t sparse_words = sparse_layout_words(K, N, nnz);
   at::Tensor layout = at::zeros({sparse_words + 2 * dense.numel()}, packed.options());
   layout.narrow(0, sparse_words, 2 * dense.numel()).view(at::kLong).copy_(dense);
   int32_t* words = layout.data_ptr<int32_t>();
-  words[0] = kSparseMagic, words[1] = static_cast<int32_t>(K), words[2] = static_cast<int32_t>(N);
+  words[0] = magic, words[1] = static_cast<int32_t>(K), words[2] = static_cast<int32_t>(N);
   words[3] = static_cast<int32_t>(nnz), words[4] = static_cast<int32_t>(sparse_words);
   const SparseView v = view_layout(words);
   list_bounds(out_plus, out_minus, const_cast<int32_t*>(v.out_start), const_cast<int32_t*>(v.out_split));
   list_bounds(in_plus, in_minus, const_cast<int32_t*>(v.in_start), const_cast<int32_t*>(v.in_split));
-  fill_lists(codes, v);
+  fill_lists(codes, order, v);
   return layout;
 }
 
-// The view of a sparse layout, checked to be one made for K inputs and N outputs (its dense part is checked by
-// ternary_linear_spikes where used).
-SparseView checked_layout(const at::Tensor& layout, int64_t K, int64_t N) {
-  const char* what = "ternary_linear_sparse_spikes: layout must be the int32 CPU tensor of "
-                     "ternary_linear_sparse_layout made from this packed weight";
+// The sparse layout of a packed linear weight [N, ceil(K/16)] (K, N <= 65536): a cache for a weight that does not
+// change, read by ternary_linear_sparse_spikes; its dense part is ternary_linear_layout's.
+at::Tensor ternary_linear_sparse_layout(const at::Tensor& packed, int64_t K) {
+  check_packed(packed, K, "ternary_linear_sparse_layout");
+  const at::Tensor dense = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("tna_cpp::ternary_linear_layout", "")
+                               .typed<at::Tensor(const at::Tensor&, int64_t)>()
+                               .call(packed, K);
+  return sparse_layout(packed, K, InputOrder{}, dense, kSparseMagic, "ternary_linear_sparse_layout");
+}
+
+// The sparse layout of a packed conv weight [O, ceil(in_channels * kh * kw / 16)] of one group (in_channels * kh * kw
+// and O at most 65536), its inputs in the (tap, channel) order of the receptive-field bit rows: a cache for a weight
+// that does not change, read by ternary_conv2d_sparse_spikes; its dense part is ternary_conv2d_layout's.
+at::Tensor ternary_conv2d_sparse_layout(const at::Tensor& packed, int64_t in_channels, at::IntArrayRef kernel_size) {
+  TORCH_CHECK(kernel_size.size() == 2 && std::min(kernel_size[0], kernel_size[1]) >= 1 && in_channels >= 1,
+              "ternary_conv2d_sparse_layout: kernel_size must be a pair of positive ints and in_channels positive");
+  const int64_t T = kernel_size[0] * kernel_size[1];
+  check_packed(packed, in_channels * T, "ternary_conv2d_sparse_layout");
+  const at::Tensor dense = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("tna_cpp::ternary_conv2d_layout", "")
+                               .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, at::IntArrayRef)>()
+                               .call(packed, in_channels, 1, kernel_size);
+  return sparse_layout(packed, in_channels * T, InputOrder{T, in_channels}, dense, kSparseConvMagic,
+                       "ternary_conv2d_sparse_layout");
+}
+
+// The view of a sparse layout, checked to be one made (header word 0 `magic`) for K inputs and N outputs (its dense
+// part is checked by the dense kernels where used); `what` is the error's text.
+SparseView checked_layout(const at::Tensor& layout, int64_t K, int64_t N, int32_t magic, const char* what) {
   TORCH_CHECK(layout.device().is_cpu() && layout.scalar_type() == at::kInt && layout.dim() == 1 &&
                   layout.is_contiguous() && layout.size(0) >= kHeaderWords,
               what, ", got ", layout.scalar_type(), " ", layout.sizes());
   const int32_t* words = layout.data_ptr<int32_t>();
-  TORCH_CHECK(words[0] == kSparseMagic && words[1] == K && words[2] == N && words[3] >= 0 &&
+  TORCH_CHECK(words[0] == magic && words[1] == K && words[2] == N && words[3] >= 0 &&
                   words[4] == sparse_layout_words(K, N, words[3]) && layout.size(0) > words[4],
               what, " (K = ", K, ", N = ", N, ")");
   return view_layout(words);
@@ -380,28 +413,46 @@ constexpr bool kStreamingStores = true;
 constexpr bool kStreamingStores = false;
 #endif
 
+// Where the sparse kernels' rows go: in segments of S rows (a conv's images; one segment for a linear layer), row m
+// as row m % S of `out` moved on by (m / S) * ldsegment.
+template <typename Out>
+struct RowOutput {
+  SpikeOutput<Out> out;
+  int64_t S, ldsegment;
+
+  // Output 0 of row m.
+  Out* row(int64_t m) const { return out.y + m / S * ldsegment + m % S * out.ldm; }
+
+  void store(int64_t m, int64_t n, int64_t acc_p, int64_t acc_n) const {
+    row(m)[n * out.ldn] = out.value(n, acc_p, acc_n);
+  }
+};
+
 // Rows m0 .. m0 + rows - 1 and outputs n0 .. n1 - 1 of y from the counts of their +1 codes met by spikes, row r
-// of output n at plus[(n - n0) * kBlockRows + r], and likewise of their -1 codes (minus): as out.store, one by one
+// of output n at plus[(n - n0) * kBlockRows + r], and likewise of their -1 codes (minus): as to.store, one by one
 // (the last argument, streaming stores, is for store_counts<float>).
 template <typename Out>
-void store_counts(const SpikeOutput<Out>& out, int64_t m0, int64_t rows, int64_t n0, int64_t n1, const int32_t* plus,
+void store_counts(const RowOutput<Out>& to, int64_t m0, int64_t rows, int64_t n0, int64_t n1, const int32_t* plus,
                   const int32_t* minus, bool) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t n = n0; n < n1; ++n)
-      out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
+      to.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
 }
 
 #if defined(__AVX2__)
 // float32 output: blocks of 8 outputs x 8 rows finished in vectors along the rows (the same float32 operations as
-// SpikeOutput::value), transposed in registers to rows of up to 16 outputs (a cache line) and stored a whole row
-// segment at a time, with streaming stores where `stream` (y and out.ldm 32-byte aligned, n0 a multiple of 8; the
-// caller fences); the edges as store_counts.
+// SpikeOutput::value). Rows next to each other in y (ldm = 1, a conv's pixels; segments of whole vectors) are stored
+// as they are; else (ldm > 1) the blocks are transposed in registers to rows of up to 16 outputs (a cache line) and
+// stored a whole row segment at a time, with streaming stores where `stream` (rows 32-byte aligned, n0 a multiple of
+// 8, ldn = 1; the caller fences). The rest as store_counts. m0 is a multiple of 8.
 template <>
-void store_counts<float>(const SpikeOutput<float>& out, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
+void store_counts<float>(const RowOutput<float>& to, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
                          const int32_t* plus, const int32_t* minus, bool stream) {
-  const int64_t full_rows = rows / 8 * 8, full_outputs = (n1 - n0) / 8 * 8;
+  const SpikeOutput<float>& out = to.out;
+  const bool vectors = out.ldm > 1 || to.S % 8 == 0;
+  const int64_t full_rows = vectors ? rows / 8 * 8 : 0, full_outputs = (n1 - n0) / 8 * 8;
   alignas(32) float block[8 * 8];      // block[8 * t + i]: output n0 + g + h + t, row m0 + r + i
-  alignas(64) float segments[8 * 16];  // segments[16 * i + t]: row m0 + r + i, output n0 + g + t
+  alignas(64) float row_parts[8 * 16];  // row_parts[16 * i + t]: row m0 + r + i, output n0 + g + t
   for (int64_t r = 0; r < full_rows; r += 8) {
     for (int64_t g = 0; g < full_outputs; g += 16) {
       const int64_t width = std::min<int64_t>(16, full_outputs - g);
@@ -418,14 +469,15 @@ void store_counts<float>(const SpikeOutput<float>& out, int64_t m0, int64_t rows
             v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
           }
           if (out.bias != nullptr) v = _mm256_add_ps(v, _mm256_set1_ps(out.bias[n]));
-          _mm256_store_ps(block + 8 * t, v);
+          if (out.ldm == 1) _mm256_storeu_ps(to.row(m0 + r) + n * out.ldn, v);
+          else _mm256_store_ps(block + 8 * t, v);
         }
-        transpose8x8(block, 8, segments + h, 16);
+        if (out.ldm != 1) transpose8x8(block, 8, row_parts + h, 16);
       }
-      for (int i = 0; i < 8; ++i) {
-        float* row = out.y + (m0 + r + i) * out.ldm + n0 + g;
+      for (int i = 0; i < 8 && out.ldm != 1; ++i) {
+        float* row = to.row(m0 + r + i) + n0 + g;
         for (int64_t h = 0; h < width; h += 8) {
-          const __m256 v = _mm256_load_ps(segments + 16 * i + h);
+          const __m256 v = _mm256_load_ps(row_parts + 16 * i + h);
           if (stream) _mm256_stream_ps(row + h, v);
           else _mm256_storeu_ps(row + h, v);
         }
@@ -434,19 +486,20 @@ void store_counts<float>(const SpikeOutput<float>& out, int64_t m0, int64_t rows
   }
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t n = n0 + (r < full_rows ? full_outputs : 0); n < n1; ++n)
-      out.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
+      to.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
 }
 #endif
 
-// y rows of spike bit rows xbits [M, W64p] by the bit-sliced kernel: tasks of one block of rows and kTaskOutputs
-// outputs, a task's neighbours sharing its block.
+// y rows of spike bit rows xbits [M, W64p] by the bit-sliced kernel, row m to `to`: tasks of one block of rows and
+// kTaskOutputs outputs, a task's neighbours sharing its block.
 template <typename Out>
-void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseView& v, const SpikeOutput<Out>& out) {
+void sliced_kernel(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseView& v, const RowOutput<Out>& to) {
   const int64_t K = v.K, N = v.N, blocks = (M + kBlockRows - 1) / kBlockRows;
   const int64_t tasks = (N + kTaskOutputs - 1) / kTaskOutputs;
   const std::vector<u64x4> cols = spike_columns(xbits, M, W64p, K);
+  const SpikeOutput<Out>& out = to.out;
   const bool stream = kStreamingStores && std::is_same_v<Out, float> &&
-                      M * N * static_cast<int64_t>(sizeof(Out)) >= kStreamBytes &&
+                      M * N * static_cast<int64_t>(sizeof(Out)) >= kStreamBytes && to.ldsegment % 8 == 0 &&
                       reinterpret_cast<uintptr_t>(out.y) % 32 == 0 && out.ldm % 8 == 0 && out.ldn == 1;
   at::parallel_for(0, blocks * tasks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<int32_t> plus(kTaskOutputs * kBlockRows), minus(kTaskOutputs * kBlockRows);
@@ -467,7 +520,7 @@ void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
           std::fill(down, down + kBlockRows, static_cast<int32_t>(end - split));
         }
       }
-      store_counts(out, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n0, n1, plus.data(), minus.data(),
+      store_counts(to, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n0, n1, plus.data(), minus.data(),
                    stream);
     }
 #if defined(__AVX2__)
@@ -480,10 +533,10 @@ void sliced_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
 // Scatter kernel
 // ---------------------------------------------------------------------------------------------
 
-// y rows of spike bit rows xbits [M, W64p] by the scatter kernel: per row, integer sums of N outputs (ASYMMETRIC:
-// the +1 and -1 counts apart).
+// y rows of spike bit rows xbits [M, W64p] by the scatter kernel, row m to `to`: per row, integer sums of N outputs
+// (ASYMMETRIC: the +1 and -1 counts apart).
 template <bool ASYMMETRIC, typename Out>
-void scatter_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseView& v, const SpikeOutput<Out>& out) {
+void scatter_kernel(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseView& v, const RowOutput<Out>& to) {
   const int64_t N = v.N;
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
     std::vector<int32_t> plus(N), minus(ASYMMETRIC ? N : 0);
@@ -498,7 +551,7 @@ void scatter_linear(const uint64_t* xbits, int64_t M, int64_t W64p, const Sparse
           int32_t* down = ASYMMETRIC ? minus.data() : plus.data();
           for (int64_t i = split; i < end; ++i) down[v.in_index[i]] += ASYMMETRIC ? 1 : -1;
         }
-      for (int64_t n = 0; n < N; ++n) out.store(m, n, plus[n], ASYMMETRIC ? minus[n] : 0);
+      for (int64_t n = 0; n < N; ++n) to.store(m, n, plus[n], ASYMMETRIC ? minus[n] : 0);
     }
   });
 }
@@ -531,6 +584,68 @@ inline SparseKernel choose_kernel(SparseKernel kernel, int64_t spikes, int64_t M
   return scatter <= events ? SparseKernel::scatter : SparseKernel::dense;
 }
 
+// The conv's estimates (same units): the bit-sliced kernel also pays per set bit of the receptive-field rows (they
+// become its columns one bit at a time) and per result; the dense layout's conv kernels per int8 lane added (event
+// kernel) or per bit-row word and output (popcount kernel), and per result. The scatter kernel, whose results land
+// strided in y [B, O, Ho, Wo], is not chosen by itself.
+constexpr double kConvSlicedPerBit = 1.0;
+constexpr double kConvSlicedPerResult = 1.0;
+constexpr double kConvEventsPerLane = 0.01;
+constexpr double kConvDensePerWord = 0.09;
+constexpr double kConvDensePerResult = 0.3;
+
+// The conv kernel that runs: by choice, or ("auto") the bit-sliced kernel or the dense layout's kernels, whichever
+// is estimated faster, for `bits` set bits in M receptive-field rows of Wk words.
+inline SparseKernel choose_conv_kernel(SparseKernel kernel, int64_t bits, int64_t M, int64_t Wk, const SparseView& v) {
+  if (kernel != SparseKernel::automatic) return kernel;
+  const double blocks = static_cast<double>((M + kBlockRows - 1) / kBlockRows), N = static_cast<double>(v.N);
+  const double results = static_cast<double>(M) * N, set = static_cast<double>(bits);
+  const double sliced = kSlicedPerCode * blocks * static_cast<double>(v.nnz) + kConvSlicedPerResult * results +
+                        kConvSlicedPerBit * set;
+  const double dense = std::min(kConvEventsPerLane * set * N, kConvDensePerWord * results * static_cast<double>(Wk)) +
+                       kConvDensePerResult * results;
+  return sliced <= dense ? SparseKernel::sliced : SparseKernel::dense;
+}
+
+// The kernel named `kernel` ("auto", "sliced", "scatter" or "dense"; `op` names the caller in errors).
+SparseKernel requested_kernel(c10::string_view kernel, const char* op) {
+  TORCH_CHECK(kernel == "auto" || kernel == "sliced" || kernel == "scatter" || kernel == "dense", op,
+              ": kernel must be 'auto', 'sliced', 'scatter' or 'dense', got '", std::string(kernel), "'");
+  return kernel == "auto"      ? SparseKernel::automatic
+         : kernel == "sliced"  ? SparseKernel::sliced
+         : kernel == "scatter" ? SparseKernel::scatter
+                               : SparseKernel::dense;
+}
+
+// The number of set bits of words.
+int64_t count_bits(const std::vector<uint64_t>& words) {
+  int64_t count = 0;
+  for (const uint64_t word : words) count += __builtin_popcountll(word);
+  return count;
+}
+
+// The dense part of a sparse layout (int64, as the dense layout it was made from).
+at::Tensor dense_part(const at::Tensor& layout) {
+  const int64_t offset = layout.data_ptr<int32_t>()[4];
+  return layout.narrow(0, offset, layout.size(0) - offset).view(at::kLong);
+}
+
+// y (a float dtype; row m, output n at y[m / S * ldsegment + m % S * ldm + n * ldn]) from bit rows xbits [M, W64p]
+// by the bit-sliced kernel (`choice` sliced) or the scatter kernel.
+void sparse_rows(SparseKernel choice, const uint64_t* xbits, int64_t M, int64_t W64p, const SparseView& v,
+                 const at::Tensor& scale, const std::optional<at::Tensor>& bias, at::Tensor& y, int64_t ldm,
+                 int64_t ldn, int64_t S, int64_t ldsegment) {
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  const bool asymmetric = scale.dim() == 2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "ternary_sparse_spikes_out", [&] {
+    const RowOutput<scalar_t> to{{scale.data_ptr<float>(), asymmetric, v.N, bp, y.data_ptr<scalar_t>(), ldm, ldn},
+                                 std::max<int64_t>(S, 1), ldsegment};
+    if (choice == SparseKernel::sliced) sliced_kernel(xbits, M, W64p, v, to);
+    else if (asymmetric) scatter_kernel<true>(xbits, M, W64p, v, to);
+    else scatter_kernel<false>(xbits, M, W64p, v, to);
+  });
+}
+
 // y [M, N] = spike rows x [M, K] times the packed ternary weight [N, ceil(K/16)] (scale [N] or [2, N], bias [N]),
 // read from its sparse layout (ternary_linear_sparse_layout(packed, K)); exact, finished in float32 as
 // ternary_linear_spikes. Output dtype: x's if floating point, else float32. `kernel`: "auto", "sliced", "scatter"
@@ -543,42 +658,64 @@ at::Tensor ternary_linear_sparse_spikes(const at::Tensor& x, const at::Tensor& p
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
   check_weights(packed, scale, K, "ternary_linear");
   check_bias(bias, N, "ternary_linear");
-  TORCH_CHECK(kernel == "auto" || kernel == "sliced" || kernel == "scatter" || kernel == "dense",
-              "ternary_linear_sparse_spikes: kernel must be 'auto', 'sliced', 'scatter' or 'dense', got '",
-              std::string(kernel), "'");
-  const SparseKernel requested = kernel == "auto"     ? SparseKernel::automatic
-                                 : kernel == "sliced" ? SparseKernel::sliced
-                                 : kernel == "scatter" ? SparseKernel::scatter
-                                                       : SparseKernel::dense;
-  const SparseView v = checked_layout(layout, K, N);
+  const SparseKernel requested = requested_kernel(kernel, "ternary_linear_sparse_spikes");
+  const SparseView v = checked_layout(layout, K, N, kSparseMagic,
+                                      "ternary_linear_sparse_spikes: layout must be the int32 CPU tensor of "
+                                      "ternary_linear_sparse_layout made from this packed weight");
   const int64_t W64p = (K + 63) / 64;
   std::vector<uint64_t> xbits(M * W64p);
   bool ok = true;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBFloat16, at::kHalf, at::kBool, x.scalar_type(), "ternary_linear_sparse_spikes",
                              [&] { ok = to_bit_rows(x.data_ptr<scalar_t>(), M, K, xbits.data(), W64p); });
   TORCH_CHECK(ok, "ternary_linear: spike input must hold only 0 and 1; found other values");
-  int64_t spikes = 0;
-  for (const uint64_t word : xbits) spikes += __builtin_popcountll(word);
-  const SparseKernel choice = choose_kernel(requested, spikes, M, v);
+  const SparseKernel choice = choose_kernel(requested, count_bits(xbits), M, v);
   if (choice == SparseKernel::dense) {
-    const int64_t offset = layout.data_ptr<int32_t>()[4];
-    const at::Tensor dense = layout.narrow(0, offset, layout.size(0) - offset).view(at::kLong);
     return c10::Dispatcher::singleton()
         .findSchemaOrThrow("tna_cpp::ternary_linear_spikes", "")
         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                           const std::optional<at::Tensor>&, c10::string_view)>()
-        .call(x, packed, scale, bias, dense, "auto");
+        .call(x, packed, scale, bias, dense_part(layout), "auto");
   }
-  const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
-  at::Tensor y = at::empty({M, N}, x.options().dtype(out_dtype));
-  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  const bool asymmetric = scale.dim() == 2;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_linear_sparse_spikes_out", [&] {
-    const SpikeOutput<scalar_t> out{scale.data_ptr<float>(), asymmetric, N, bp, y.data_ptr<scalar_t>(), N, 1};
-    if (choice == SparseKernel::sliced) sliced_linear(xbits.data(), M, W64p, v, out);
-    else if (asymmetric) scatter_linear<true>(xbits.data(), M, W64p, v, out);
-    else scatter_linear<false>(xbits.data(), M, W64p, v, out);
+  at::Tensor y = at::empty({M, N}, x.options().dtype(x.is_floating_point() ? x.scalar_type() : at::kFloat));
+  sparse_rows(choice, xbits.data(), M, W64p, v, scale, bias, y, N, 1, M, 0);
+  return y;
+}
+
+// y [B, O, Ho, Wo] = conv2d of spikes x [B, C, H, W] with the packed ternary weight [O, C, kh, kw] of one group
+// (packed [O, ceil(C * kh * kw / 16)], scale [O] or [2, O], bias [O]), read from its sparse layout
+// (ternary_conv2d_sparse_layout(packed, C, kernel_size)): the receptive fields of all output pixels as bit rows
+// (ternary_common.h) against the lists of non-zero codes. Exact, finished in float32 as
+// ternary_conv2d_spikes. Output dtype: x's if floating point, else float32. `kernel`: as in
+// ternary_linear_sparse_spikes ("dense": ternary_conv2d_spikes on the layout's dense part; see choose_conv_kernel).
+at::Tensor ternary_conv2d_sparse_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                                        const std::optional<at::Tensor>& bias, const at::Tensor& layout,
+                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                        int64_t groups, at::IntArrayRef kernel_size, c10::string_view kernel) {
+  const SparseKernel requested = requested_kernel(kernel, "ternary_conv2d_sparse_spikes");
+  const ConvShape s = conv_shape(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size);
+  TORCH_CHECK(s.G == 1, "ternary_conv2d_sparse_spikes: a sparse conv layout is for groups = 1, got groups = ", s.G);
+  const SparseView v = checked_layout(layout, s.T * s.Cg, s.O, kSparseConvMagic,
+                                      "ternary_conv2d_sparse_spikes: layout must be the int32 CPU tensor of "
+                                      "ternary_conv2d_sparse_layout made from this packed weight");
+  const std::vector<uint64_t> bits = pixel_bits(x, s);
+  const int64_t L = s.Ho * s.Wo;
+  std::vector<uint64_t> rows(s.B * L * s.Wk);
+  at::parallel_for(0, s.B * s.Ho, 1, [&](int64_t r0, int64_t r1) {  // output rows r = b * Ho + oh
+    for (int64_t r = r0; r < r1; ++r)
+      gather_rows(bits.data(), s, r / s.Ho, 0, r % s.Ho * s.Wo, (r % s.Ho + 1) * s.Wo, rows.data() + r * s.Wo * s.Wk);
   });
+  const SparseKernel choice = choose_conv_kernel(requested, count_bits(rows), s.B * L, s.Wk, v);
+  if (choice == SparseKernel::dense) {
+    return c10::Dispatcher::singleton()
+        .findSchemaOrThrow("tna_cpp::ternary_conv2d_spikes", "")
+        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                          const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                          int64_t, at::IntArrayRef, c10::string_view)>()
+        .call(x, packed, scale, bias, dense_part(layout), stride, padding, dilation, groups, kernel_size, "auto");
+  }
+  at::Tensor y = at::empty({s.B, s.O, s.Ho, s.Wo}, x.options().dtype(x.is_floating_point() ? x.scalar_type()
+                                                                                          : at::kFloat));
+  sparse_rows(choice, rows.data(), s.B * L, s.Wk, v, scale, bias, y, 1, L, L, s.O * L);
   return y;
 }
 
@@ -591,10 +728,16 @@ TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
   m.def(
       "ternary_linear_sparse_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor layout, str kernel) "
       "-> Tensor");
+  m.def("ternary_conv2d_sparse_layout(Tensor packed, int in_channels, int[] kernel_size) -> Tensor");
+  m.def(
+      "ternary_conv2d_sparse_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor layout, int[] stride, "
+      "int[] padding, int[] dilation, int groups, int[] kernel_size, str kernel) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {
   m.impl("ternary_code_density", &ternary_code_density);
   m.impl("ternary_linear_sparse_layout", &ternary_linear_sparse_layout);
   m.impl("ternary_linear_sparse_spikes", &ternary_linear_sparse_spikes);
+  m.impl("ternary_conv2d_sparse_layout", &ternary_conv2d_sparse_layout);
+  m.impl("ternary_conv2d_sparse_spikes", &ternary_conv2d_sparse_spikes);
 }

@@ -7,9 +7,10 @@ the format version (buffers ``packed``, ``scale``, ``format_version``): the depl
 ``state_dict`` loads into a fresh module of the same class. On CPU a frozen module keeps the layout
 (bit-planes and code columns) that the C++ spike kernels re-lay the packed weight into (made on its
 first spike input, and again whenever ``packed`` changes), so that inference does not redo that work
-on every call; under ``torch.compile`` the kernels re-lay the weight each call instead. A frozen linear
-layer whose codes are mostly zero (a pruned one) keeps the sparse layout instead, the lists of its non-zero
-codes, so that its spike kernels' work falls with the weight sparsity too (``linear_cpu_layout``).
+on every call; under ``torch.compile`` the kernels re-lay the weight each call instead. A frozen layer
+whose codes are mostly zero (a pruned one; for a conv, one with groups=1) keeps the sparse layout instead, the
+lists of its non-zero codes, so that its spike kernels' work falls with the weight sparsity too
+(``linear_cpu_layout``, ``conv2d_cpu_layout``).
 
 Pruning: ``prune_(mask)`` sets the ``weight_mask`` buffer (w's shape, 1 = kept, 0 = pruned) and zeroes the
 pruned latent weights. The quantizer then gives pruned weights code 0 and takes its threshold and scale over

@@ -112,7 +112,7 @@ def test_sparse_layout_choice_and_checks():
         ternary_linear(x, pruned, scale, bias, spikes=True, backend="cpp", layout=layout)
     wide = pack_ternary(torch.zeros(1, SPARSE_LAYOUT_MAX_FEATURES + 1, dtype=torch.int8))
     assert linear_cpu_layout(wide, SPARSE_LAYOUT_MAX_FEATURES + 1).dtype == torch.int64
-    with pytest.raises(RuntimeError, match="K and N must be at most"):
+    with pytest.raises(RuntimeError, match="the inputs and outputs must be at most"):
         linear_cpu_layout(wide, SPARSE_LAYOUT_MAX_FEATURES + 1, form="sparse")
 
 

@@ -161,8 +161,10 @@ def ternary_conv2d_op(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[T
         return ternary_conv2d_reference(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size, spikes)
     if backend == "cpp":
         if is_spike_input(x, spikes):  # direct kernel on bit-packed pixels, no float im2col
-            return _cpp_spikes(torch.ops.tna_cpp.ternary_conv2d_spikes, x, packed.contiguous(), scale.contiguous(),
-                               bias, layout, stride, padding, dilation, groups, kernel_size, "auto")
+            kernel = (torch.ops.tna_cpp.ternary_conv2d_sparse_spikes if is_sparse_layout(layout)
+                      else torch.ops.tna_cpp.ternary_conv2d_spikes)
+            return _cpp_spikes(kernel, x, packed.contiguous(), scale.contiguous(), bias, layout, stride, padding,
+                               dilation, groups, kernel_size, "auto")
         # oneDNN's convolution over the dequantized weight: the input is real-valued, so no integer path applies
         weight = _dequantized_conv_weight(packed, scale, x.shape[1], groups, kernel_size)
         return F.conv2d(x.float(), weight, None if bias is None else bias.float(), stride, padding, dilation,
@@ -335,8 +337,7 @@ def linear_cpu_layout(packed: Tensor, k: int, form: str = "auto") -> Tensor:
             and the sizes allow it, else "dense". A frozen module's layout is made this way, so that a pruned
             layer runs the sparse kernels by itself.
     """
-    if form not in ("auto", "dense", "sparse"):
-        raise ValueError(f"form must be 'auto', 'dense' or 'sparse', got {form!r}")
+    _check_form(form)
     ops = _cpp_ops("linear_cpu_layout")
     packed = packed.contiguous()
     if form == "auto":
@@ -349,16 +350,43 @@ def linear_cpu_layout(packed: Tensor, k: int, form: str = "auto") -> Tensor:
 
 
 def is_sparse_layout(layout: Optional[Tensor]) -> bool:
-    """Whether ``layout`` is a sparse CPU layout (``linear_cpu_layout(..., form="sparse")``)."""
+    """Whether ``layout`` is a sparse CPU layout (``linear_cpu_layout`` or ``conv2d_cpu_layout`` with
+    ``form="sparse"``)."""
     return layout is not None and layout.dtype == torch.int32
 
 
-def conv2d_cpu_layout(packed: Tensor, in_channels: int, groups: int, kernel_size) -> Tensor:
+def _check_form(form: str) -> None:
+    if form not in ("auto", "dense", "sparse"):
+        raise ValueError(f"form must be 'auto', 'dense' or 'sparse', got {form!r}")
+
+
+def conv2d_cpu_layout(packed: Tensor, in_channels: int, groups: int, kernel_size, form: str = "auto") -> Tensor:
     """The packed conv weight ``[O, ceil(in_channels/groups*kh*kw/16)]`` (CPU) re-laid out as the C++ spike
-    conv kernels read it (an opaque int64 ``[P]``, as ``linear_cpu_layout``), for ``ternary_conv2d``'s
-    ``layout`` while ``packed`` stays unchanged; needs the C++ extension."""
-    return _cpp_ops("conv2d_cpu_layout").ternary_conv2d_layout(packed.contiguous(), in_channels, groups,
-                                                               list(kernel_size))
+    conv kernels read it, for ``ternary_conv2d``'s ``layout`` while ``packed`` stays unchanged; needs the C++
+    extension.
+
+    ``form``, as in ``linear_cpu_layout``:
+        "dense": an opaque int64 ``[P]`` (bit-planes and int8 code columns in the conv's receptive-field order).
+        "sparse": an opaque int32 ``[P]`` holding, besides the dense form, the lists of the non-zero codes, for the
+            bit-sliced kernel run on the receptive fields of all output pixels; ``groups`` must be 1 and
+            ``in_channels * kh * kw`` and O at most ``SPARSE_LAYOUT_MAX_FEATURES``. Each call runs the bit-sliced
+            kernel or the dense form's kernels, whichever the C++ side estimates faster for its input.
+        "auto": "sparse" where the share of non-zero codes is at most ``torch.ops.tna_cpp.ternary_sparse_density()``
+            and groups and sizes allow it, else "dense" (a frozen module's layout is made this way).
+    """
+    _check_form(form)
+    ops = _cpp_ops("conv2d_cpu_layout")
+    packed, kernel_size = packed.contiguous(), list(kernel_size)
+    k = in_channels // groups * kernel_size[0] * kernel_size[1]
+    if form == "auto":
+        fits = groups == 1 and max(k, packed.shape[0]) <= SPARSE_LAYOUT_MAX_FEATURES
+        sparse = fits and ops.ternary_code_density(packed, k) <= ops.ternary_sparse_density()
+        form = "sparse" if sparse else "dense"
+    if form == "sparse":
+        if groups != 1:
+            raise ValueError(f"conv2d_cpu_layout: the sparse form is for groups=1, got groups={groups}")
+        return ops.ternary_conv2d_sparse_layout(packed, in_channels, kernel_size)
+    return ops.ternary_conv2d_layout(packed, in_channels, groups, kernel_size)
 
 
 def uses_cpu_layout(backend: str, device: torch.device) -> bool:
