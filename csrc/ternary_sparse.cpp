@@ -421,7 +421,10 @@ struct RowOutput {
   int64_t S, ldsegment;
 
   // Output 0 of row m.
-  Out* row(int64_t m) const { return out.y + m / S * ldsegment + m % S * out.ldm; }
+  Out* row(int64_t m) const {
+    if (ldsegment == 0) return out.y + m * out.ldm;  // one segment: no division
+    return out.y + m / S * ldsegment + m % S * out.ldm;
+  }
 
   void store(int64_t m, int64_t n, int64_t acc_p, int64_t acc_n) const {
     row(m)[n * out.ldn] = out.value(n, acc_p, acc_n);
@@ -449,37 +452,45 @@ template <>
 void store_counts<float>(const RowOutput<float>& to, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
                          const int32_t* plus, const int32_t* minus, bool stream) {
   const SpikeOutput<float>& out = to.out;
-  const bool vectors = out.ldm > 1 || to.S % 8 == 0;
-  const int64_t full_rows = vectors ? rows / 8 * 8 : 0, full_outputs = (n1 - n0) / 8 * 8;
-  alignas(32) float block[8 * 8];      // block[8 * t + i]: output n0 + g + h + t, row m0 + r + i
-  alignas(64) float row_parts[8 * 16];  // row_parts[16 * i + t]: row m0 + r + i, output n0 + g + t
-  for (int64_t r = 0; r < full_rows; r += 8) {
-    for (int64_t g = 0; g < full_outputs; g += 16) {
-      const int64_t width = std::min<int64_t>(16, full_outputs - g);
-      for (int64_t h = 0; h < width; h += 8) {
-        for (int t = 0; t < 8; ++t) {
-          const int64_t n = n0 + g + h + t, at = (g + h + t) * kBlockRows + r;
-          const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plus + at));
-          const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(minus + at));
-          __m256 v;
-          if (out.asymmetric) {
-            v = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
-                              _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(out.scale[out.ldscale + n])));
-          } else {
-            v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
-          }
-          if (out.bias != nullptr) v = _mm256_add_ps(v, _mm256_set1_ps(out.bias[n]));
-          if (out.ldm == 1) _mm256_storeu_ps(to.row(m0 + r) + n * out.ldn, v);
-          else _mm256_store_ps(block + 8 * t, v);
-        }
-        if (out.ldm != 1) transpose8x8(block, 8, row_parts + h, 16);
-      }
-      for (int i = 0; i < 8 && out.ldm != 1; ++i) {
-        float* row = to.row(m0 + r + i) + n0 + g;
+  const bool along_rows = out.ldm == 1;
+  const int64_t full_rows = along_rows && to.S % 8 != 0 ? 0 : rows / 8 * 8, full_outputs = (n1 - n0) / 8 * 8;
+  // the float32 results of output n, rows m0 + r .. m0 + r + 7
+  const auto results = [&](int64_t n, int64_t r) {
+    const int64_t at = (n - n0) * kBlockRows + r;
+    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plus + at));
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(minus + at));
+    __m256 v;
+    if (out.asymmetric) {
+      v = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
+                        _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(out.scale[out.ldscale + n])));
+    } else {
+      v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(p, q)), _mm256_set1_ps(out.scale[n]));
+    }
+    if (out.bias != nullptr) v = _mm256_add_ps(v, _mm256_set1_ps(out.bias[n]));
+    return v;
+  };
+  if (along_rows) {
+    for (int64_t r = 0; r < full_rows; r += 8) {
+      float* const first = to.row(m0 + r);  // rows m0 + r .. m0 + r + 7 follow it
+      for (int64_t n = n0; n < n0 + full_outputs; ++n) _mm256_storeu_ps(first + n * out.ldn, results(n, r));
+    }
+  } else {
+    alignas(32) float block[8 * 8];       // block[8 * t + i]: output n0 + g + h + t, row m0 + r + i
+    alignas(64) float row_parts[8 * 16];  // row_parts[16 * i + t]: row m0 + r + i, output n0 + g + t
+    for (int64_t r = 0; r < full_rows; r += 8) {
+      for (int64_t g = 0; g < full_outputs; g += 16) {
+        const int64_t width = std::min<int64_t>(16, full_outputs - g);
         for (int64_t h = 0; h < width; h += 8) {
-          const __m256 v = _mm256_load_ps(row_parts + 16 * i + h);
-          if (stream) _mm256_stream_ps(row + h, v);
-          else _mm256_storeu_ps(row + h, v);
+          for (int t = 0; t < 8; ++t) _mm256_store_ps(block + 8 * t, results(n0 + g + h + t, r));
+          transpose8x8(block, 8, row_parts + h, 16);
+        }
+        for (int i = 0; i < 8; ++i) {
+          float* row = to.row(m0 + r + i) + n0 + g;
+          for (int64_t h = 0; h < width; h += 8) {
+            const __m256 v = _mm256_load_ps(row_parts + 16 * i + h);
+            if (stream) _mm256_stream_ps(row + h, v);
+            else _mm256_storeu_ps(row + h, v);
+          }
         }
       }
     }
