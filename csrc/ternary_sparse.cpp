@@ -692,6 +692,22 @@ at::Tensor ternary_linear_sparse_spikes(const at::Tensor& x, const at::Tensor& p
   return y;
 }
 
+// The set bits of the receptive-field rows of all output pixels (one group), from the pixel bits [B, H, W, Wc]
+// without gathering the rows: each input pixel's spikes times the number of (output pixel, tap) pairs that read it.
+int64_t receptive_field_bits(const std::vector<uint64_t>& bits, const ConvShape& s) {
+  std::vector<int64_t> readers(s.H * s.W, 0);
+  for (int64_t l = 0; l < s.Ho * s.Wo; ++l)
+    for_each_tap(s, l, [&](int64_t, int64_t ih, int64_t iw) { ++readers[ih * s.W + iw]; });
+  int64_t total = 0;
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t p = 0; p < s.H * s.W; ++p) {
+      int64_t spikes = 0;
+      for (int64_t w = 0; w < s.Wc; ++w) spikes += __builtin_popcountll(bits[(b * s.H * s.W + p) * s.Wc + w]);
+      total += spikes * readers[p];
+    }
+  return total;
+}
+
 // y [B, O, Ho, Wo] = conv2d of spikes x [B, C, H, W] with the packed ternary weight [O, C, kh, kw] of one group
 // (packed [O, ceil(C * kh * kw / 16)], scale [O] or [2, O], bias [O]), read from its sparse layout
 // (ternary_conv2d_sparse_layout(packed, C, kernel_size)): the receptive fields of all output pixels as bit rows
@@ -710,12 +726,7 @@ at::Tensor ternary_conv2d_sparse_spikes(const at::Tensor& x, const at::Tensor& p
                                       "ternary_conv2d_sparse_layout made from this packed weight");
   const std::vector<uint64_t> bits = pixel_bits(x, s);
   const int64_t L = s.Ho * s.Wo;
-  std::vector<uint64_t> rows(s.B * L * s.Wk);
-  at::parallel_for(0, s.B * s.Ho, 1, [&](int64_t r0, int64_t r1) {  // output rows r = b * Ho + oh
-    for (int64_t r = r0; r < r1; ++r)
-      gather_rows(bits.data(), s, r / s.Ho, 0, r % s.Ho * s.Wo, (r % s.Ho + 1) * s.Wo, rows.data() + r * s.Wo * s.Wk);
-  });
-  const SparseKernel choice = choose_conv_kernel(requested, count_bits(rows), s.B * L, s.Wk, v);
+  const SparseKernel choice = choose_conv_kernel(requested, receptive_field_bits(bits, s), s.B * L, s.Wk, v);
   if (choice == SparseKernel::dense) {
     return c10::Dispatcher::singleton()
         .findSchemaOrThrow("tna_cpp::ternary_conv2d_spikes", "")
@@ -724,6 +735,11 @@ at::Tensor ternary_conv2d_sparse_spikes(const at::Tensor& x, const at::Tensor& p
                           int64_t, at::IntArrayRef, c10::string_view)>()
         .call(x, packed, scale, bias, dense_part(layout), stride, padding, dilation, groups, kernel_size, "auto");
   }
+  std::vector<uint64_t> rows(s.B * L * s.Wk);
+  at::parallel_for(0, s.B * s.Ho, 1, [&](int64_t r0, int64_t r1) {  // output rows r = b * Ho + oh
+    for (int64_t r = r0; r < r1; ++r)
+      gather_rows(bits.data(), s, r / s.Ho, 0, r % s.Ho * s.Wo, (r % s.Ho + 1) * s.Wo, rows.data() + r * s.Wo * s.Wk);
+  });
   at::Tensor y = at::empty({s.B, s.O, s.Ho, s.Wo}, x.options().dtype(x.is_floating_point() ? x.scalar_type()
                                                                                           : at::kFloat));
   sparse_rows(choice, rows.data(), s.B * L, s.Wk, v, scale, bias, y, 1, L, L, s.O * L);
