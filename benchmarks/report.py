@@ -291,9 +291,12 @@ def _span(values, fmt: str = "{}") -> str:
 
 
 def _machines(members, kind: str) -> str:
-    """ "On the 2 committed CPUs" / "On the one committed GPU" for ``members`` of the device ``kind``."""
+    """ "On the 2 committed CPU runs (a machine and build each)" / "On the one committed GPU run" for ``members`` of
+    the device ``kind`` (one result file each: a build level measured on a host, see ``device_slug``)."""
     noun = "CPU" if kind == "cpu" else "GPU"
-    return f"On the {len(members)} committed {noun}s" if len(members) > 1 else f"On the one committed {noun}"
+    if len(members) == 1:
+        return f"On the one committed {noun} run"
+    return f"On the {len(members)} committed {noun} runs (a machine and build each)"
 
 
 def _lif_across(members, kind: str) -> list:

@@ -127,12 +127,12 @@ def test_one_section_per_benchmark_shows_every_cpu_and_the_ranges(results, tmp_p
     machines = [line for line in lif.splitlines() if line.startswith("##### ")]
     assert machines == ["##### AMD EPYC (avx512 build, host avx512), 2 threads",
                         "##### AMD EPYC (avx2 build, host avx2), 2 threads", "##### Test CPU (2 threads)"]
-    assert ("On the 3 committed CPUs, tna C++ (without the count) is faster than every other entry in forward+backward "
-            "at 2-3 of 3 shapes; at 16x32x4096 float32 forward+backward it takes 2.000-2.500 ms, 4.0-5.0x faster than "
-            "the reference (eager).") in lif
+    assert ("On the 3 committed CPU runs (a machine and build each), tna C++ (without the count) is faster than "
+            "every other entry in forward+backward at 2-3 of 3 shapes; at 16x32x4096 float32 forward+backward it "
+            "takes 2.000-2.500 ms, 4.0-5.0x faster than the reference (eager).") in lif
     assert "(benchmarks/results/lif_cpu-amd-epyc-avx2-2-threads_T.png)" in lif
-    assert ("On the 2 committed CPUs: a TNA step with our kernels is 4.25-6.50x faster than with the reference loops, "
-            "at 0.40x their peak memory.") in generated
+    assert ("On the 2 committed CPU runs (a machine and build each): a TNA step with our kernels is 4.25-6.50x "
+            "faster than with the reference loops, at 0.40x their peak memory.") in generated
     assert "- spikes at M=256 at least 5x faster: 4.50-6.93x (target 5x), met on 1 of 2" in generated
 
 
