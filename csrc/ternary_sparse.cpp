@@ -326,10 +326,13 @@ inline int count_lanes(const u64x4* cols, const uint16_t* first, int64_t n1, con
 // vectors are widened to int32 and merged.
 inline void lane_counts(const u64x4* planes, int P, int32_t* counts) {
   for (int j = 0; j < 4; ++j) {
-    __m512i bytes[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-    for (int l = 0; l < P; ++l) {
-      const __m512i bit = _mm512_set1_epi8(static_cast<char>(1 << (l % 8)));
-      bytes[l / 8] = _mm512_mask_add_epi8(bytes[l / 8], _cvtu64_mask64(planes[l][j]), bytes[l / 8], bit);
+    __m512i bytes[3];
+    for (int g = 0; g < 3; ++g) {  // one register per byte vector (an index by l would keep them in memory)
+      __m512i sum = _mm512_setzero_si512();
+      for (int l = 8 * g; l < std::min(P, 8 * g + 8); ++l)
+        sum = _mm512_mask_add_epi8(sum, _cvtu64_mask64(planes[l][j]), sum,
+                                   _mm512_set1_epi8(static_cast<char>(1 << (l % 8))));
+      bytes[g] = sum;
     }
     for (int q = 0; q < 4; ++q) {
       __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes[0], q));
