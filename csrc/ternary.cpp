@@ -871,15 +871,13 @@ at::Tensor ternary_conv2d_layout(const at::Tensor& packed, int64_t in_channels, 
 // float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32. `layout`:
 // ternary_conv2d_layout(packed, C, groups, kernel_size), when cached; the part needed is made here otherwise.
 // `kernel`: as in ternary_linear_spikes, the density being that of the input's spikes.
-at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
-                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                 int64_t groups, at::IntArrayRef kernel_size, c10::string_view kernel) {
-  const SpikeKernel choice = spike_kernel(kernel, "ternary_conv2d");
-  const ConvShape s = conv_shape(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size);
+// y [B, O, Ho, Wo] from the pixel bits of x (pixel_bits) by the kernel `choice` picks; `layout` as in
+// ternary_conv2d_spikes (checked here).
+at::Tensor conv_from_pixel_bits(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
+                                const ConvShape& s, const std::vector<uint64_t>& bits, SpikeKernel choice) {
   const LayoutSize size = conv_layout_size(s);
   if (layout.has_value()) check_layout(*layout, size, "ternary_conv2d");
-  const std::vector<uint64_t> bits = pixel_bits(x, s);
   int64_t spikes = 0;
   for (const uint64_t word : bits) spikes += __builtin_popcountll(word);
   const bool by_events = use_events(choice, spikes, x.numel(), s.B * s.Ho * s.Wo, layout.has_value(),
@@ -898,6 +896,15 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
                y.data_ptr<scalar_t>());
   });
   return y;
+}
+
+at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 int64_t groups, at::IntArrayRef kernel_size, c10::string_view kernel) {
+  const SpikeKernel choice = spike_kernel(kernel, "ternary_conv2d");
+  const ConvShape s = conv_shape(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size);
+  return conv_from_pixel_bits(x, packed, scale, bias, layout, s, pixel_bits(x, s), choice);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1003,6 +1010,16 @@ at::Tensor ternary_linear_grad_input(const at::Tensor& grad_y, const at::Tensor&
 }
 
 }  // namespace
+
+namespace tna_cpu {
+
+at::Tensor dense_spike_conv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& layout, const ConvShape& s,
+                            const std::vector<uint64_t>& bits) {
+  return conv_from_pixel_bits(x, packed, scale, bias, layout, s, bits, SpikeKernel::automatic);
+}
+
+}  // namespace tna_cpu
 
 TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
   m.def("ternary_event_density(str layer) -> float", [](c10::string_view layer) {

@@ -342,6 +342,12 @@ inline ConvShape conv_shape(const at::Tensor& x, const at::Tensor& packed, const
   return s;
 }
 
+// y [B, O, Ho, Wo] = the conv of spikes x of shape s from their pixel bits (pixel_bits) through the dense conv layout
+// `layout` (ternary_conv2d_layout's, checked) by the kernel that ternary_conv2d_spikes' "auto" picks (csrc/ternary.cpp).
+at::Tensor dense_spike_conv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& layout, const ConvShape& s,
+                            const std::vector<uint64_t>& bits);
+
 // The pixel bits [B, H, W, G, Wc] of spikes x (see to_pixel_bits), checked to hold only 0 and 1.
 inline std::vector<uint64_t> pixel_bits(const at::Tensor& x, const ConvShape& s) {
   std::vector<uint64_t> bits(s.B * s.H * s.W * s.G * s.Wc);

@@ -716,7 +716,8 @@ int64_t receptive_field_bits(const std::vector<uint64_t>& bits, const ConvShape&
 // (ternary_conv2d_sparse_layout(packed, C, kernel_size)): the receptive fields of all output pixels as bit rows
 // (ternary_common.h) against the lists of non-zero codes. Exact, finished in float32 as
 // ternary_conv2d_spikes. Output dtype: x's if floating point, else float32. `kernel`: as in
-// ternary_linear_sparse_spikes ("dense": ternary_conv2d_spikes on the layout's dense part; see choose_conv_kernel).
+// ternary_linear_sparse_spikes ("dense": the kernels of ternary_conv2d_spikes on the layout's dense part; see
+// choose_conv_kernel).
 at::Tensor ternary_conv2d_sparse_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                                         const std::optional<at::Tensor>& bias, const at::Tensor& layout,
                                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -730,14 +731,7 @@ at::Tensor ternary_conv2d_sparse_spikes(const at::Tensor& x, const at::Tensor& p
   const std::vector<uint64_t> bits = pixel_bits(x, s);
   const int64_t L = s.Ho * s.Wo;
   const SparseKernel choice = choose_conv_kernel(requested, receptive_field_bits(bits, s), s.B * L, s.Wk, v);
-  if (choice == SparseKernel::dense) {
-    return c10::Dispatcher::singleton()
-        .findSchemaOrThrow("tna_cpp::ternary_conv2d_spikes", "")
-        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                          const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                          int64_t, at::IntArrayRef, c10::string_view)>()
-        .call(x, packed, scale, bias, dense_part(layout), stride, padding, dilation, groups, kernel_size, "auto");
-  }
+  if (choice == SparseKernel::dense) return dense_spike_conv(x, packed, scale, bias, dense_part(layout), s, bits);
   std::vector<uint64_t> rows(s.B * L * s.Wk);
   at::parallel_for(0, s.B * s.Ho, 1, [&](int64_t r0, int64_t r1) {  // output rows r = b * Ho + oh
     for (int64_t r = r0; r < r1; ++r)
