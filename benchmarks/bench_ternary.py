@@ -308,8 +308,9 @@ def _pruned_codes(codes, sparsity: float, gen):
 
 
 def _prune_cases(gen) -> list:
-    """(layer, case, x, make) of the pruning sweep: ``make(codes)`` is the frozen spike-input layer (no bias) with
-    those codes, ``codes`` the unpruned TWN codes of the same shape, with ``reference(layer, x)`` the exact output."""
+    """(layer, case, x, codes, make, reference) per layer of the pruning sweep: spikes ``x``, the unpruned TWN
+    ``codes``, ``make(codes)`` the frozen spike-input layer (no bias) with codes of that shape, and
+    ``reference(layer, x)`` its exact output."""
     k = LINEAR["cpu"][0][0]
     codes, scale = tna_kernels.ternarize(torch.randn((k, k), generator=gen))
     x = (torch.rand((SWEEP_M, k), generator=gen) < PRUNE_RATE).float()

@@ -839,9 +839,10 @@ void fill_conv_layout(const int32_t* packed, int64_t W16, const ConvShape& s, bo
   if (tiles) {
     const int64_t R = s.T * s.Cg, group_bytes = tile_bytes(R, s.Og);
     auto* first = reinterpret_cast<int8_t*>(layout + size.plane_words);
+    const CodeOrder order{s.T, s.Cg};
     for (int64_t g = 0; g < s.G; ++g)
       to_column_tiles(packed + g * s.Og * W16, s.Og, W16, R, first + g * group_bytes,
-                      [&](int64_t k) { return k % s.T * s.Cg + k / s.T; });
+                      [&](int64_t k) { return order.row_input(k); });
   }
 }
 
@@ -866,11 +867,6 @@ at::Tensor ternary_conv2d_layout(const at::Tensor& packed, int64_t in_channels, 
   return layout;
 }
 
-// y [B, O, Ho, Wo] = conv2d of spikes x [B, C, H, W] with the packed ternary weight [O, C / groups, kh, kw]
-// (packed [O, ceil(C / groups * kh * kw / 16)], scale [O] or [2, O], bias [O]); exact, and finished in
-// float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32. `layout`:
-// ternary_conv2d_layout(packed, C, groups, kernel_size), when cached; the part needed is made here otherwise.
-// `kernel`: as in ternary_linear_spikes, the density being that of the input's spikes.
 // y [B, O, Ho, Wo] from the pixel bits of x (pixel_bits) by the kernel `choice` picks; `layout` as in
 // ternary_conv2d_spikes (checked here).
 at::Tensor conv_from_pixel_bits(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
@@ -878,9 +874,7 @@ at::Tensor conv_from_pixel_bits(const at::Tensor& x, const at::Tensor& packed, c
                                 const ConvShape& s, const std::vector<uint64_t>& bits, SpikeKernel choice) {
   const LayoutSize size = conv_layout_size(s);
   if (layout.has_value()) check_layout(*layout, size, "ternary_conv2d");
-  int64_t spikes = 0;
-  for (const uint64_t word : bits) spikes += __builtin_popcountll(word);
-  const bool by_events = use_events(choice, spikes, x.numel(), s.B * s.Ho * s.Wo, layout.has_value(),
+  const bool by_events = use_events(choice, count_bits(bits), x.numel(), s.B * s.Ho * s.Wo, layout.has_value(),
                                     kConvEventDensity);
   at::Tensor made;
   if (!layout.has_value()) {
@@ -898,6 +892,11 @@ at::Tensor conv_from_pixel_bits(const at::Tensor& x, const at::Tensor& packed, c
   return y;
 }
 
+// y [B, O, Ho, Wo] = conv2d of spikes x [B, C, H, W] with the packed ternary weight [O, C / groups, kh, kw]
+// (packed [O, ceil(C / groups * kh * kw / 16)], scale [O] or [2, O], bias [O]); exact, and finished in
+// float32 exactly as ternary_linear_spikes. Output dtype: x's if floating point, else float32. `layout`:
+// ternary_conv2d_layout(packed, C, groups, kernel_size), when cached; the part needed is made here otherwise.
+// `kernel`: as in ternary_linear_spikes, the density being that of the input's spikes.
 at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,

@@ -226,6 +226,15 @@ inline void check_bias(const std::optional<at::Tensor>& bias, int64_t N, const c
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kLanes = 8;  // output channels per 512-bit vector of 64-bit counts (the dense conv kernel)
 
+// A conv's codes in two orders: packed rows hold them in (channel, tap) order, code k = c * T + t (nn.Conv2d's weight
+// [O, Cg, kh, kw] flattened); the receptive-field bit rows in (tap, channel) order, input r = t * Cg + c. The default,
+// one tap and one channel, is a linear layer's single order.
+struct CodeOrder {
+  int64_t taps = 1, channels = 1;  // T and Cg
+  int64_t row_input(int64_t k) const { return k % taps * channels + k / taps; }        // of packed code k
+  int64_t packed_code(int64_t r) const { return r % channels * taps + r / channels; }  // of row input r
+};
+
 struct ConvShape {
   int64_t B, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
   int64_t Cg, Og, T, Wc, Wk, Ob;  // channels per group (in, out), taps, words per pixel and group,
@@ -291,7 +300,7 @@ inline void for_each_tap(const ConvShape& s, int64_t l, F&& f) {
 // The bit rows `rows` [l1 - l0, Wk] of the receptive fields of output pixels l0 .. l1 - 1 (l = oh * Wo + ow) of
 // image b in group g, gathered from the pixel bits [B, H, W, G, Wc]; taps outside the image stay zero.
 inline void gather_rows(const uint64_t* bits, const ConvShape& s, int64_t b, int64_t g, int64_t l0, int64_t l1,
-                 uint64_t* rows) {
+                        uint64_t* rows) {
   std::fill(rows, rows + (l1 - l0) * s.Wk, 0);
   for (int64_t l = l0; l < l1; ++l) {
     uint64_t* row = rows + (l - l0) * s.Wk;
@@ -342,8 +351,16 @@ inline ConvShape conv_shape(const at::Tensor& x, const at::Tensor& packed, const
   return s;
 }
 
-// y [B, O, Ho, Wo] = the conv of spikes x of shape s from their pixel bits (pixel_bits) through the dense conv layout
-// `layout` (ternary_conv2d_layout's, checked) by the kernel that ternary_conv2d_spikes' "auto" picks (csrc/ternary.cpp).
+// The number of set bits of words.
+inline int64_t count_bits(const std::vector<uint64_t>& words) {
+  int64_t count = 0;
+  for (const uint64_t word : words) count += __builtin_popcountll(word);
+  return count;
+}
+
+// y [B, O, Ho, Wo] = the conv of spikes x of shape s from their pixel bits (pixel_bits) through the dense conv
+// layout `layout` (ternary_conv2d_layout's, checked) by the kernel that ternary_conv2d_spikes' "auto" picks
+// (defined in csrc/ternary.cpp).
 at::Tensor dense_spike_conv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                             const std::optional<at::Tensor>& bias, const at::Tensor& layout, const ConvShape& s,
                             const std::vector<uint64_t>& bits);

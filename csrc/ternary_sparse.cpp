@@ -73,17 +73,9 @@ SparseView view_layout(const int32_t* words) {
   return v;
 }
 
-// The input order of a layout: input k of the layout is code code_index(k) of a packed row. A linear layout keeps
-// the packed order; a conv layout takes the (tap, channel) order of the receptive-field bit rows (ternary_common.h)
-// for packed codes in (channel, tap) order.
-struct InputOrder {
-  int64_t taps = 1, channels = 1;  // T and Cg of a conv (1 and 1: the packed order)
-  int64_t code_index(int64_t k) const { return k % channels * taps + k / channels; }
-};
-
-// The counts of +1 and -1 codes of packed rows [N, W16] of K codes, per output (by_output) or per input (in the
-// layout's input order).
-void count_codes(const int32_t* packed, int64_t N, int64_t K, bool by_output, const InputOrder& order,
+// The counts of +1 and -1 codes of packed rows [N, W16] of K codes, per output (by_output) or per input (input k of
+// the layout: packed code order.packed_code(k); see CodeOrder).
+void count_codes(const int32_t* packed, int64_t N, int64_t K, bool by_output, const CodeOrder& order,
                  std::vector<int64_t>& plus, std::vector<int64_t>& minus) {
   const int64_t W16 = (K + kCodesPerWord - 1) / kCodesPerWord;
   plus.assign(by_output ? N : K, 0);
@@ -101,7 +93,7 @@ void count_codes(const int32_t* packed, int64_t N, int64_t K, bool by_output, co
   at::parallel_for(0, K, 256, [&](int64_t k0, int64_t k1) {  // a task owns its inputs
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = k0; k < k1; ++k) {
-        const int c = code_at(packed + n * W16, order.code_index(k));
+        const int c = code_at(packed + n * W16, order.packed_code(k));
         plus[k] += c == 1, minus[k] += c == -1;
       }
   });
@@ -120,8 +112,8 @@ int64_t list_bounds(const std::vector<int64_t>& plus, const std::vector<int64_t>
   return total;
 }
 
-// Fill the index lists of both directions (bounds already set), inputs in the layout's order.
-void fill_lists(const int32_t* packed, const InputOrder& order, const SparseView& v) {
+// Fill the index lists of both directions (bounds already set), inputs in the layout's order (see count_codes).
+void fill_lists(const int32_t* packed, const CodeOrder& order, const SparseView& v) {
   const int64_t K = v.K, N = v.N, W16 = (K + kCodesPerWord - 1) / kCodesPerWord;
   auto* out_index = const_cast<uint16_t*>(v.out_index);
   auto* in_index = const_cast<uint16_t*>(v.in_index);
@@ -129,7 +121,7 @@ void fill_lists(const int32_t* packed, const InputOrder& order, const SparseView
     for (int64_t n = n0; n < n1; ++n) {
       int64_t p = v.out_start[n], m = v.out_split[n];
       for (int64_t k = 0; k < K; ++k) {
-        const int c = code_at(packed + n * W16, order.code_index(k));
+        const int c = code_at(packed + n * W16, order.packed_code(k));
         if (c == 1) out_index[p++] = static_cast<uint16_t>(k);
         if (c == -1) out_index[m++] = static_cast<uint16_t>(k);
       }
@@ -139,7 +131,7 @@ void fill_lists(const int32_t* packed, const InputOrder& order, const SparseView
     std::vector<int64_t> p(v.in_start + k0, v.in_start + k1), m(v.in_split + k0, v.in_split + k1);
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = k0; k < k1; ++k) {
-        const int c = code_at(packed + n * W16, order.code_index(k));
+        const int c = code_at(packed + n * W16, order.packed_code(k));
         if (c == 1) in_index[p[k - k0]++] = static_cast<uint16_t>(n);
         if (c == -1) in_index[m[k - k0]++] = static_cast<uint16_t>(n);
       }
@@ -157,7 +149,7 @@ void check_packed(const at::Tensor& packed, int64_t K, const char* op) {
 double ternary_code_density(const at::Tensor& packed, int64_t K) {
   check_packed(packed, K, "ternary_code_density");
   std::vector<int64_t> plus, minus;
-  count_codes(packed.data_ptr<int32_t>(), packed.size(0), K, true, InputOrder{}, plus, minus);
+  count_codes(packed.data_ptr<int32_t>(), packed.size(0), K, true, CodeOrder{}, plus, minus);
   int64_t nnz = 0;
   for (size_t n = 0; n < plus.size(); ++n) nnz += plus[n] + minus[n];
   const double codes = static_cast<double>(packed.size(0)) * static_cast<double>(K);
@@ -166,7 +158,7 @@ double ternary_code_density(const at::Tensor& packed, int64_t K) {
 
 // A sparse layout (int32 [P], see SparseView; header word 0 `magic`) of packed rows [N, ceil(K/16)] for K, N <= 65536,
 // its inputs in `order`, followed by `dense` (the dense layout of the same weight; `op` names the caller in errors).
-at::Tensor sparse_layout(const at::Tensor& packed, int64_t K, const InputOrder& order, const at::Tensor& dense,
+at::Tensor sparse_layout(const at::Tensor& packed, int64_t K, const CodeOrder& order, const at::Tensor& dense,
                          int32_t magic, const char* op) {
   const int64_t N = packed.size(0);
   TORCH_CHECK(K <= kMaxIndex && N <= kMaxIndex, op, ": the inputs and outputs must be at most ", kMaxIndex,
@@ -199,7 +191,7 @@ at::Tensor ternary_linear_sparse_layout(const at::Tensor& packed, int64_t K) {
                                .findSchemaOrThrow("tna_cpp::ternary_linear_layout", "")
                                .typed<at::Tensor(const at::Tensor&, int64_t)>()
                                .call(packed, K);
-  return sparse_layout(packed, K, InputOrder{}, dense, kSparseMagic, "ternary_linear_sparse_layout");
+  return sparse_layout(packed, K, CodeOrder{}, dense, kSparseMagic, "ternary_linear_sparse_layout");
 }
 
 // The sparse layout of a packed conv weight [O, ceil(in_channels * kh * kw / 16)] of one group (in_channels * kh * kw
@@ -214,7 +206,7 @@ at::Tensor ternary_conv2d_sparse_layout(const at::Tensor& packed, int64_t in_cha
                                .findSchemaOrThrow("tna_cpp::ternary_conv2d_layout", "")
                                .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, at::IntArrayRef)>()
                                .call(packed, in_channels, 1, kernel_size);
-  return sparse_layout(packed, in_channels * T, InputOrder{T, in_channels}, dense, kSparseConvMagic,
+  return sparse_layout(packed, in_channels * T, CodeOrder{T, in_channels}, dense, kSparseConvMagic,
                        "ternary_conv2d_sparse_layout");
 }
 
@@ -629,13 +621,6 @@ SparseKernel requested_kernel(c10::string_view kernel, const char* op) {
          : kernel == "sliced"  ? SparseKernel::sliced
          : kernel == "scatter" ? SparseKernel::scatter
                                : SparseKernel::dense;
-}
-
-// The number of set bits of words.
-int64_t count_bits(const std::vector<uint64_t>& words) {
-  int64_t count = 0;
-  for (const uint64_t word : words) count += __builtin_popcountll(word);
-  return count;
 }
 
 // The dense part of a sparse layout (int64, as the dense layout it was made from).

@@ -341,9 +341,7 @@ def linear_cpu_layout(packed: Tensor, k: int, form: str = "auto") -> Tensor:
     ops = _cpp_ops("linear_cpu_layout")
     packed = packed.contiguous()
     if form == "auto":
-        fits = max(k, packed.shape[0]) <= SPARSE_LAYOUT_MAX_FEATURES
-        sparse = fits and ops.ternary_code_density(packed, k) <= ops.ternary_sparse_density()
-        form = "sparse" if sparse else "dense"
+        form = _auto_form(ops, packed, k)
     if form == "sparse":
         return ops.ternary_linear_sparse_layout(packed, k)
     return ops.ternary_linear_layout(packed, k)
@@ -353,6 +351,13 @@ def is_sparse_layout(layout: Optional[Tensor]) -> bool:
     """Whether ``layout`` is a sparse CPU layout (``linear_cpu_layout`` or ``conv2d_cpu_layout`` with
     ``form="sparse"``)."""
     return layout is not None and layout.dtype == torch.int32
+
+
+def _auto_form(ops, packed: Tensor, k: int) -> str:
+    """"sparse" where the packed weight ``[N, ceil(k/16)]`` fits a sparse layout and at most
+    ``ternary_sparse_density()`` of its codes are non-zero, else "dense"."""
+    fits = max(k, packed.shape[0]) <= SPARSE_LAYOUT_MAX_FEATURES
+    return "sparse" if fits and ops.ternary_code_density(packed, k) <= ops.ternary_sparse_density() else "dense"
 
 
 def _check_form(form: str) -> None:
@@ -379,9 +384,7 @@ def conv2d_cpu_layout(packed: Tensor, in_channels: int, groups: int, kernel_size
     packed, kernel_size = packed.contiguous(), list(kernel_size)
     k = in_channels // groups * kernel_size[0] * kernel_size[1]
     if form == "auto":
-        fits = groups == 1 and max(k, packed.shape[0]) <= SPARSE_LAYOUT_MAX_FEATURES
-        sparse = fits and ops.ternary_code_density(packed, k) <= ops.ternary_sparse_density()
-        form = "sparse" if sparse else "dense"
+        form = _auto_form(ops, packed, k) if groups == 1 else "dense"
     if form == "sparse":
         if groups != 1:
             raise ValueError(f"conv2d_cpu_layout: the sparse form is for groups=1, got groups={groups}")
