@@ -126,10 +126,16 @@ def compare(ternary: nn.Module, floating: nn.Module, x: Tensor) -> dict:
     """Run both versions on images ``x`` ``[B, C, H, W]`` and compare their spikes, layer by layer, and logits.
 
     Returns ``{"max_logit_difference", "max_logit", "differing_spikes", "spikes_compared", "layer_rates"
-    {layer: rate of the ternary version}, "float_layer_rates", "mean_rate", "float_mean_rate"}``; the
-    ternary version's spikes are kept only until the float version's layer has been compared with them.
+    {layer: rate of the ternary version}, "float_layer_rates", "mean_rate", "float_mean_rate", "input_densities"
+    {spike-input ternary layer: fraction of its input that spiked}}``; the ternary version's spikes are kept only
+    until the float version's layer has been compared with them.
     """
-    kept, counts = {}, [0, 0]
+    kept, counts, densities = {}, [0, 0], {}
+
+    def density(name):
+        def hook(module, inputs):
+            densities[name] = inputs[0].float().mean().item()
+        return hook
 
     def keep(name):
         def hook(module, inputs, spikes):
@@ -145,6 +151,8 @@ def compare(ternary: nn.Module, floating: nn.Module, x: Tensor) -> dict:
     outputs, rates, means = [], [], []
     for model, make_hook in ((ternary, keep), (floating, check)):
         handles = [layer.register_forward_hook(make_hook(name)) for name, layer in spiking_layers(model).items()]
+        if model is ternary:
+            handles += [layer.register_forward_pre_hook(density(name)) for name, layer in spike_input_layers(model)]
         try:
             outputs.append(model(x))
         finally:
@@ -154,7 +162,8 @@ def compare(ternary: nn.Module, floating: nn.Module, x: Tensor) -> dict:
         means.append(mean_rate(model))
     return dict(max_logit_difference=(outputs[0] - outputs[1]).abs().max().item(),
                 max_logit=outputs[1].abs().max().item(), differing_spikes=counts[0], spikes_compared=counts[1],
-                layer_rates=rates[0], float_layer_rates=rates[1], mean_rate=means[0], float_mean_rate=means[1])
+                layer_rates=rates[0], float_layer_rates=rates[1], mean_rate=means[0], float_mean_rate=means[1],
+                input_densities=densities)
 
 
 def check_agreement(what: str, agreement: dict, exact: bool) -> None:
@@ -169,9 +178,15 @@ def check_agreement(what: str, agreement: dict, exact: bool) -> None:
                              f"of max |logit|, spikes on {spike_error:.2e} of the neuron-steps")
 
 
+def spike_input_layers(model: nn.Module) -> list:
+    """``[(name, module)]`` of the ternary layers of ``model`` that take spikes, in module order."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, (tnn.TernaryConv2d, tnn.TernaryLinear)) and m.spikes]
+
+
 def spike_layers_cached(model: nn.Module) -> tuple:
     """``(with a cached CPU layout, frozen ternary layers taking spikes)`` after a forward on CPU."""
-    spiking = [m for m in model.modules() if isinstance(m, (tnn.TernaryConv2d, tnn.TernaryLinear)) and m.spikes]
+    spiking = [m for _, m in spike_input_layers(model)]
     return sum(m._layout is not None for m in spiking), len(spiking)
 
 
@@ -318,7 +333,8 @@ def _rows(model_name: str, target, x: Tensor, agreement: dict, ms: dict) -> list
     for impl in (TERNARY, FLOAT):
         rows.append(dict(model=model_name, target_rate=target, batch=batch, impl=impl, ms=ms[impl],
                          samples_per_s=batch / ms[impl] * 1e3, speedup_vs_float=ms[FLOAT] / ms[impl],
-                         spike_rate=agreement["mean_rate"], layer_rates=agreement["layer_rates"], agreement=compared))
+                         spike_rate=agreement["mean_rate"], layer_rates=agreement["layer_rates"],
+                         input_densities=agreement["input_densities"], agreement=compared))
     return rows
 
 
@@ -480,6 +496,16 @@ def markdown(result: dict) -> str:
                    and r["target_rate"] == calibration["target_rate"])
         lines.append(f"| {calibration['target_rate']:.0%} | "
                      + " | ".join(f"{row['layer_rates'][name]:.2%}" for name in names) + " |")
+    inputs = list(next(r for r in result["rows"] if r["model"] == "vgg11")["input_densities"])
+    lines += ["", f"vgg11 spike density at the input of each spike-input layer (after max pooling where one "
+              f"precedes it), measured at batch {largest}: a 2x2 max pool passes a spike where any of its four "
+              "inputs spiked, so the layers after a pool see denser input than the rate the neurons fire at:", "",
+              "| target | " + " | ".join(inputs) + " |", "|---:|" + "---:|" * len(inputs)]
+    for calibration in vgg["calibrations"]:
+        row = next(r for r in result["rows"] if r["model"] == "vgg11" and r["batch"] == largest
+                   and r["target_rate"] == calibration["target_rate"])
+        lines.append(f"| {calibration['target_rate']:.0%} | "
+                     + " | ".join(f"{row['input_densities'][name]:.2%}" for name in inputs) + " |")
     columns = [(calibration, impl) for calibration in vgg["calibrations"] for impl in (TERNARY, FLOAT)]
     ops = list(dict.fromkeys(op for calibration, impl in columns for op in calibration["op_ms"][impl]
                              if op != "other")) + ["other"]

@@ -67,6 +67,9 @@ def test_ternary_and_float_versions_agree_at_calibrated_rates():
         assert agreement["differing_spikes"] == 0 and agreement["spikes_compared"] > 0
         assert agreement["max_logit_difference"] == 0 and agreement["max_logit"] > 0
         assert agreement["layer_rates"] == agreement["float_layer_rates"]
+        spike_inputs = [name for name, _ in bench_deploy.spike_input_layers(ternary)]
+        assert spike_inputs and list(agreement["input_densities"]) == spike_inputs
+        assert all(0 < density <= 1 for density in agreement["input_densities"].values())
         bench_deploy.check_agreement("convnet", agreement, exact=True)
 
 
@@ -115,6 +118,11 @@ def test_quick_run_result(quick_run):
         row = next(r for r in rows if r["model"] == "vgg11" and r["target_rate"] == rate and r["batch"] == largest)
         assert 0.5 * rate < row["spike_rate"] < 1.5 * rate
         assert set(row["layer_rates"]) == set(calibration["thresholds"])
+        densities, rates = row["input_densities"], row["layer_rates"]
+        assert len(densities) == 7
+        # no pool between body.3's neurons and body.4's conv; a 2x2 max pool never thins the spikes it passes
+        assert densities["body.4.conv"] == pytest.approx(rates["body.3.lif"], rel=1e-5)
+        assert densities["body.1.conv"] >= rates["stem.lif"]
         ops = calibration["op_ms"]
         assert any("ternary_conv2d" in op for op in ops[bench_deploy.TERNARY])
         assert not any("ternary" in op for op in ops[bench_deploy.FLOAT])
@@ -132,6 +140,7 @@ def test_quick_run_result(quick_run):
     assert [g["met"] for g in result["goals"]] == [None, None]
     markdown = out.with_suffix(".md").read_text()
     assert "runs the real-valued ternary path" in markdown and "| vgg11 | 20% |" in markdown
+    assert "spike density at the input of each spike-input layer" in markdown and "body.4.conv" in markdown
     assert (out.parent / f"{out.stem}_rates.png").stat().st_size > 1000
 
 
