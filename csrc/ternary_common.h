@@ -81,10 +81,9 @@ inline bool to_bit_rows(const T* x, int64_t M, int64_t K, uint64_t* bits, int64_
 }
 
 #if defined(__AVX2__)
-// dst[k * ld_dst + i] = src[i * ld_src + k] for i, k < 8: an 8 x 8 block of floats transposed in registers.
-inline void transpose8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+// r[i][k] becomes r[k][i] for i, k < 8: an 8 x 8 block of floats transposed in registers.
+inline void transpose8x8(__m256 (&r)[8]) {
+  __m256 t[8];
   for (int i = 0; i < 8; i += 2) {  // t[i]: rows i, i + 1 interleaved, elements 0 1 | 4 5; t[i + 1]: 2 3 | 6 7
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -96,9 +95,18 @@ inline void transpose8x8(const float* src, int64_t ld_src, float* dst, int64_t l
     r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
   }
   for (int e = 0; e < 4; ++e) {  // the low halves hold elements 0 .. 3, the high halves 4 .. 7
-    _mm256_storeu_ps(dst + e * ld_dst, _mm256_permute2f128_ps(r[e], r[4 + e], 0x20));
-    _mm256_storeu_ps(dst + (e + 4) * ld_dst, _mm256_permute2f128_ps(r[e], r[4 + e], 0x31));
+    t[e] = _mm256_permute2f128_ps(r[e], r[4 + e], 0x20);
+    t[e + 4] = _mm256_permute2f128_ps(r[e], r[4 + e], 0x31);
   }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+
+// dst[k * ld_dst + i] = src[i * ld_src + k] for i, k < 8: an 8 x 8 block of floats transposed in registers.
+inline void transpose8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  transpose8x8(r);
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * ld_dst, r[i]);
 }
 #endif
 

@@ -10,9 +10,9 @@
 // choose_conv_kernel):
 // - bit-sliced: the spikes of a block of 256 rows become one 256-bit word per input (bit r set where row r spiked).
 //   For each output, the words of the inputs on its +1 list are added lane by lane with carry-save adders
-//   (Harley-Seal: ones, twos, fours and eights, then a ripple counter of sixteens) into bit-sliced counters of
-//   256 lanes, and likewise its -1 list; the counters become one integer per row at the end. A non-zero weight
-//   costs a few vector operations per block of rows, whatever the spike rate.
+//   (Harley-Seal: ones, twos, fours, eights and sixteens, then a ripple counter of thirty-twos) into bit-sliced
+//   counters of 256 lanes, and likewise its -1 list; the counters become one integer per row at the end. A non-zero
+//   weight costs a few vector operations per block of rows, whatever the spike rate.
 // - scatter: each spike of a row adds 1 to the sums of its input's +1 outputs and subtracts 1 from those of its -1
 //   outputs: the cost is (spikes x non-zero codes per input), the kernel for few rows and very sparse weights.
 // - the dense layout's kernels (ternary_linear_spikes, ternary_conv2d_spikes), whose event-driven one adds a whole
@@ -255,7 +255,8 @@ inline void ripple(u64x4* planes, int from, int to, u64x4 x) {
 }
 
 // ones, twos, fours += the words cols[at[0 .. 8)], carry-save; returns the carry into the eights.
-inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols, const uint16_t* at) {
+__attribute__((always_inline)) inline u64x4 add_eight(u64x4& ones, u64x4& twos, u64x4& fours, const u64x4* cols,
+                                                      const uint16_t* at) {
   u64x4 twos_a, twos_b, fours_a, fours_b, eights;
   csa(twos_a, ones, ones, cols[at[0]], cols[at[1]]);
   csa(twos_b, ones, ones, cols[at[2]], cols[at[3]]);
@@ -278,35 +279,37 @@ inline int count_lanes(const u64x4* cols, const uint16_t* first, int64_t n1, con
   const int P = n == 0 ? 0 : 64 - __builtin_clzll(static_cast<uint64_t>(n));
   const u64x4 zero = {0, 0, 0, 0};
   for (int l = 0; l < std::max(P, 4); ++l) planes[l] = zero;
-  u64x4 ones = zero, twos = zero, fours = zero, eights = zero;
+  u64x4 ones = zero, twos = zero, fours = zero, eights = zero, sixteens = zero;
   for (const auto& [index, count, flip] : {std::tuple(first, n1, zero), std::tuple(second, n2, ~zero)}) {
-    // Sixteen words at a time; the inverted ones by the same adders on inverted digits (csa is self-dual), their
-    // carries inverted back.
+    // Thirty-two words at a time, the last ones padded with words that add 0; the inverted ones by the same adders
+    // on inverted digits (csa is self-dual), their carries inverted back.
+    ones ^= flip, twos ^= flip, fours ^= flip, eights ^= flip, sixteens ^= flip;
+    const auto add_sixteen = [&](const u64x4* words, const uint16_t* at) __attribute__((always_inline)) {
+      const u64x4 eights_a = add_eight(ones, twos, fours, words, at);
+      const u64x4 eights_b = add_eight(ones, twos, fours, words, at + 8);
+      u64x4 carry;
+      csa(carry, eights, eights, eights_a, eights_b);
+      return carry;  // into the sixteens
+    };
+    const auto add_carries = [&](u64x4 a, u64x4 b) __attribute__((always_inline)) {
+      u64x4 thirty_twos;
+      csa(thirty_twos, sixteens, sixteens, a, b);
+      ripple(planes, 5, P, thirty_twos ^ flip);
+    };
     int64_t i = 0;
-    ones ^= flip, twos ^= flip, fours ^= flip, eights ^= flip;
-    for (; i + 16 <= count; i += 16) {
-      const uint16_t* at = index + i;
-      const u64x4 eights_a = add_eight(ones, twos, fours, cols, at);
-      const u64x4 eights_b = add_eight(ones, twos, fours, cols, at + 8);
-      u64x4 sixteens;
-      csa(sixteens, eights, eights, eights_a, eights_b);
-      ripple(planes, 4, P, sixteens ^ flip);
+    for (; i + 32 <= count; i += 32) add_carries(add_sixteen(cols, index + i), add_sixteen(cols, index + i + 16));
+    if (i < count) {
+      static constexpr uint16_t kInOrder[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+      u64x4 a = flip;  // a carry of 0
+      if (i + 16 <= count) a = add_sixteen(cols, index + i), i += 16;
+      u64x4 last[16];
+      for (int j = 0; j < 16; ++j) last[j] = i + j < count ? cols[index[i + j]] : flip;  // flip: adds 0 here
+      add_carries(a, add_sixteen(last, kInOrder));
     }
-    ones ^= flip, twos ^= flip, fours ^= flip, eights ^= flip;
-    for (; i < count; ++i) {  // into the carry-save digits, as a binary number with the planes above them
-      const u64x4 word = cols[index[i]] ^ flip;
-      u64x4 carry = ones & word;
-      ones ^= word;
-      u64x4 next = twos & carry;
-      twos ^= carry;
-      carry = fours & next;
-      fours ^= next;
-      next = eights & carry;
-      eights ^= carry;
-      ripple(planes, 4, P, next);
-    }
+    ones ^= flip, twos ^= flip, fours ^= flip, eights ^= flip, sixteens ^= flip;
   }
   planes[0] = ones, planes[1] = twos, planes[2] = fours, planes[3] = eights;
+  if (P > 4) planes[4] = sixteens;
   int top = P;  // fewer planes where no lane reaches the bound n
   while (top > 0 && (planes[top - 1][0] | planes[top - 1][1] | planes[top - 1][2] | planes[top - 1][3]) == 0) --top;
   return top;
@@ -426,15 +429,27 @@ struct RowOutput {
   }
 };
 
-// Rows m0 .. m0 + rows - 1 and outputs n0 .. n1 - 1 of y from the counts of their +1 codes met by spikes, row r
-// of output n at plus[(n - n0) * kBlockRows + r], and likewise of their -1 codes (minus): as to.store, one by one
-// (the last argument, streaming stores, is for store_counts<float>).
+// The counts of a task's outputs n0 .. n1 - 1 in a block of rows: of the +1 codes met by spikes, row r of output n at
+// plus[(n - n0) * kBlockRows + r], and likewise of the -1 codes (minus), or, where minus is null, minus_each[n - n0]
+// in every row.
+struct TaskCounts {
+  const int32_t* plus;
+  const int32_t* minus;
+  const int32_t* minus_each;
+  int64_t n0;
+
+  int32_t plus_at(int64_t n, int64_t r) const { return plus[(n - n0) * kBlockRows + r]; }
+  int32_t minus_at(int64_t n, int64_t r) const {
+    return minus != nullptr ? minus[(n - n0) * kBlockRows + r] : minus_each[n - n0];
+  }
+};
+
+// Rows m0 .. m0 + rows - 1 and outputs c.n0 .. n1 - 1 of y from their counts c: as to.store, one by one (the last
+// argument, streaming stores, is for store_counts<float>).
 template <typename Out>
-void store_counts(const RowOutput<Out>& to, int64_t m0, int64_t rows, int64_t n0, int64_t n1, const int32_t* plus,
-                  const int32_t* minus, bool) {
+void store_counts(const RowOutput<Out>& to, int64_t m0, int64_t rows, int64_t n1, const TaskCounts& c, bool) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t n = n0; n < n1; ++n)
-      to.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
+    for (int64_t n = c.n0; n < n1; ++n) to.store(m0 + r, n, c.plus_at(n, r), c.minus_at(n, r));
 }
 
 #if defined(__AVX2__)
@@ -444,16 +459,18 @@ void store_counts(const RowOutput<Out>& to, int64_t m0, int64_t rows, int64_t n0
 // stored a whole row segment at a time, with streaming stores where `stream` (rows 32-byte aligned, n0 a multiple of
 // 8, ldn = 1; the caller fences). The rest as store_counts. m0 is a multiple of 8.
 template <>
-void store_counts<float>(const RowOutput<float>& to, int64_t m0, int64_t rows, int64_t n0, int64_t n1,
-                         const int32_t* plus, const int32_t* minus, bool stream) {
+void store_counts<float>(const RowOutput<float>& to, int64_t m0, int64_t rows, int64_t n1, const TaskCounts& c,
+                         bool stream) {
   const SpikeOutput<float>& out = to.out;
+  const int64_t n0 = c.n0;
   const bool along_rows = out.ldm == 1;
   const int64_t full_rows = along_rows && to.S % 8 != 0 ? 0 : rows / 8 * 8, full_outputs = (n1 - n0) / 8 * 8;
   // the float32 results of output n, rows m0 + r .. m0 + r + 7
   const auto results = [&](int64_t n, int64_t r) {
     const int64_t at = (n - n0) * kBlockRows + r;
-    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(plus + at));
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(minus + at));
+    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.plus + at));
+    const __m256i q = c.minus != nullptr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.minus + at))
+                                         : _mm256_set1_epi32(c.minus_each[n - n0]);
     __m256 v;
     if (out.asymmetric) {
       v = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(out.scale[n])),
@@ -470,21 +487,24 @@ void store_counts<float>(const RowOutput<float>& to, int64_t m0, int64_t rows, i
       for (int64_t n = n0; n < n0 + full_outputs; ++n) _mm256_storeu_ps(first + n * out.ldn, results(n, r));
     }
   } else {
-    alignas(32) float block[8 * 8];       // block[8 * t + i]: output n0 + g + h + t, row m0 + r + i
-    alignas(64) float row_parts[8 * 16];  // row_parts[16 * i + t]: row m0 + r + i, output n0 + g + t
     for (int64_t r = 0; r < full_rows; r += 8) {
-      for (int64_t g = 0; g < full_outputs; g += 16) {
-        const int64_t width = std::min<int64_t>(16, full_outputs - g);
-        for (int64_t h = 0; h < width; h += 8) {
-          for (int t = 0; t < 8; ++t) _mm256_store_ps(block + 8 * t, results(n0 + g + h + t, r));
-          transpose8x8(block, 8, row_parts + h, 16);
+      for (int64_t g = 0; g < full_outputs; g += 16) {  // up to 16 outputs: a cache line of each row, in registers
+        const bool two = g + 16 <= full_outputs;
+        __m256 low[8], high[8];  // low[i]: row m0 + r + i, outputs n0 + g .. + 7 (after the transposes)
+        for (int t = 0; t < 8; ++t) low[t] = results(n0 + g + t, r);
+        transpose8x8(low);
+        if (two) {
+          for (int t = 0; t < 8; ++t) high[t] = results(n0 + g + 8 + t, r);
+          transpose8x8(high);
         }
         for (int i = 0; i < 8; ++i) {
           float* row = to.row(m0 + r + i) + n0 + g;
-          for (int64_t h = 0; h < width; h += 8) {
-            const __m256 v = _mm256_load_ps(row_parts + 16 * i + h);
-            if (stream) _mm256_stream_ps(row + h, v);
-            else _mm256_storeu_ps(row + h, v);
+          if (stream) {
+            _mm256_stream_ps(row, low[i]);
+            if (two) _mm256_stream_ps(row + 8, high[i]);
+          } else {
+            _mm256_storeu_ps(row, low[i]);
+            if (two) _mm256_storeu_ps(row + 8, high[i]);
           }
         }
       }
@@ -492,7 +512,7 @@ void store_counts<float>(const RowOutput<float>& to, int64_t m0, int64_t rows, i
   }
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t n = n0 + (r < full_rows ? full_outputs : 0); n < n1; ++n)
-      to.store(m0 + r, n, plus[(n - n0) * kBlockRows + r], minus[(n - n0) * kBlockRows + r]);
+      to.store(m0 + r, n, c.plus_at(n, r), c.minus_at(n, r));
 }
 #endif
 
@@ -508,7 +528,8 @@ void sliced_kernel(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
                       M * N * static_cast<int64_t>(sizeof(Out)) >= kStreamBytes && to.ldsegment % 8 == 0 &&
                       reinterpret_cast<uintptr_t>(out.y) % 32 == 0 && out.ldm % 8 == 0 && out.ldn == 1;
   at::parallel_for(0, blocks * tasks, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<int32_t> plus(kTaskOutputs * kBlockRows), minus(kTaskOutputs * kBlockRows);
+    std::vector<int32_t> plus(kTaskOutputs * kBlockRows), minus(out.asymmetric ? kTaskOutputs * kBlockRows : 0);
+    int32_t minus_each[kTaskOutputs];
     u64x4 planes[kMaxPlanes + 4];
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t b = q / tasks, n0 = q % tasks * kTaskOutputs, n1 = std::min(N, n0 + kTaskOutputs);
@@ -516,18 +537,18 @@ void sliced_kernel(const uint64_t* xbits, int64_t M, int64_t W64p, const SparseV
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t start = v.out_start[n], split = v.out_split[n], end = v.out_start[n + 1];
         int32_t* up = plus.data() + (n - n0) * kBlockRows;
-        int32_t* down = minus.data() + (n - n0) * kBlockRows;
         if (out.asymmetric) {
           lane_counts(planes, count_lanes(block, v.out_index + start, split - start, nullptr, 0, planes), up);
-          lane_counts(planes, count_lanes(block, v.out_index + split, end - split, nullptr, 0, planes), down);
+          lane_counts(planes, count_lanes(block, v.out_index + split, end - split, nullptr, 0, planes),
+                      minus.data() + (n - n0) * kBlockRows);
         } else {  // one counter: +1 codes met plus -1 codes not met, less the number of -1 codes
           lane_counts(planes, count_lanes(block, v.out_index + start, split - start, v.out_index + split, end - split,
                                           planes), up);
-          std::fill(down, down + kBlockRows, static_cast<int32_t>(end - split));
+          minus_each[n - n0] = static_cast<int32_t>(end - split);
         }
       }
-      store_counts(to, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n0, n1, plus.data(), minus.data(),
-                   stream);
+      const TaskCounts counts{plus.data(), out.asymmetric ? minus.data() : nullptr, minus_each, n0};
+      store_counts(to, b * kBlockRows, std::min(kBlockRows, M - b * kBlockRows), n1, counts, stream);
     }
 #if defined(__AVX2__)
     if (stream) _mm_sfence();
