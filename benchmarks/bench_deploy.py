@@ -459,13 +459,12 @@ def plot(path: Path, result: dict) -> str:
     return name
 
 
-def _per_layer_table(result: dict, title: str, key: str, names: list) -> list:
-    """Markdown lines: ``title``, then one row per VGG-11 target rate of the largest batch's ``row[key][name]``
-    (a fraction) for each of ``names``."""
-    largest = max(r["batch"] for r in result["rows"])
+def _per_layer_table(result: dict, batch: int, title: str, key: str, names: list) -> list:
+    """Markdown lines: ``title``, then one row per VGG-11 target rate of ``row[key][name]`` (a fraction) at
+    ``batch`` for each of ``names``."""
     lines = ["", title, "", "| target | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for calibration in result["models"]["vgg11"]["calibrations"]:
-        row = next(r for r in result["rows"] if r["model"] == "vgg11" and r["batch"] == largest
+        row = next(r for r in result["rows"] if r["model"] == "vgg11" and r["batch"] == batch
                    and r["target_rate"] == calibration["target_rate"])
         lines.append(f"| {calibration['target_rate']:.0%} | " + " | ".join(f"{row[key][name]:.2%}" for name in names)
                      + " |")
@@ -502,13 +501,14 @@ def markdown(result: dict) -> str:
                      f"{r['ms']:.2f} | {r['samples_per_s']:.1f} | {r['speedup_vs_float']:.2f}x |")
     largest = max(r["batch"] for r in result["rows"])
     names = list(vgg["calibrations"][0]["thresholds"])
-    lines += _per_layer_table(result, f"vgg11 spike rate per layer, measured at batch {largest}:", "layer_rates",
-                              names)
+    lines += _per_layer_table(result, largest, f"vgg11 spike rate per layer, measured at batch {largest}:",
+                              "layer_rates", names)
     inputs = list(next(r for r in result["rows"] if r["model"] == "vgg11")["input_densities"])
     lines += _per_layer_table(
-        result, f"vgg11 spike density at the input of each spike-input layer (after max pooling where one precedes "
-        f"it), measured at batch {largest}: a 2x2 max pool passes a spike where any of its four inputs spiked, so "
-        "the layers after a pool see denser input than the rate the neurons fire at:", "input_densities", inputs)
+        result, largest, f"vgg11 spike density at the input of each spike-input layer (after max pooling where one "
+        f"precedes it), measured at batch {largest}: a 2x2 max pool passes a spike where any of its four inputs "
+        "spiked, so the layers after a pool see denser input than the rate the neurons fire at:", "input_densities",
+        inputs)
     columns = [(calibration, impl) for calibration in vgg["calibrations"] for impl in (TERNARY, FLOAT)]
     ops = list(dict.fromkeys(op for calibration, impl in columns for op in calibration["op_ms"][impl]
                              if op != "other")) + ["other"]
