@@ -3,9 +3,11 @@
 //
 // Equal to F.max_pool2d bit for bit: each window starts at -inf and takes a value that is greater than the
 // running maximum or NaN, in row-major window order, as ATen's CPU kernel does (so ties keep the first value,
-// which decides between -0 and +0, and a NaN propagates). On spikes (0/1) the maximum is their OR. Windows
-// that lie inside the image (all but the padded or ceil-mode edges) take a loop over output columns that the
-// compiler vectorizes for the common 2x2 and 3x3 windows of stride 2.
+// which decides between -0 and +0, and a NaN propagates). On spikes (0/1) the maximum is their OR. 2x2 windows of
+// stride 2 over planes of even size whose output rows are 1, 2, 4, 8 or 16 wide (the small planes of the late
+// layers of a network) take one loop over all output rows, vectorized across rows. Otherwise, windows that lie
+// inside the image (all but the padded or ceil-mode edges) take a loop over output columns that the compiler
+// vectorizes for the common 2x2 and 3x3 windows of stride 2.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -67,8 +69,49 @@ void pool_row(const T* x, const PoolShape& s, int64_t oh, T* y, Inside inside) {
   pool_clipped(x, s, oh, last, s.Wo, y);
 }
 
+// The maximum of a 2x2 window's values a, b (top row) and c, d (bottom row), taken in that order as the running
+// maximum of pool_clipped takes them.
+template <typename A>
+inline A window_max(A a, A b, A c, A d) {
+  constexpr A start = -std::numeric_limits<A>::infinity();
+  return take(take(take(take(start, a), b), c), d);
+}
+
+// 2x2 windows of stride 2 over planes of even height and width: x is then [rows, 2, 2 * WO] and y [rows, WO], one
+// output row per pair of input rows, whatever the plane. Rows of WO outputs (a compile-time width) in one flat
+// loop, vectorized across rows, where each row of a plane alone would be too short to vectorize.
+template <int WO, typename T>
+void pool_pairs(const T* x, int64_t rows, T* y) {
+  using A = at::opmath_type<T>;
+  const int64_t grain = std::max<int64_t>(1, 16384 / WO);
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+#pragma omp simd
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* top = x + r * 4 * WO;
+      for (int o = 0; o < WO; ++o) {
+        y[r * WO + o] = static_cast<T>(window_max(static_cast<A>(top[2 * o]), static_cast<A>(top[2 * o + 1]),
+                                                  static_cast<A>(top[2 * WO + 2 * o]),
+                                                  static_cast<A>(top[2 * WO + 2 * o + 1])));
+      }
+    }
+  });
+}
+
 template <typename T>
 void max_pool(const T* x, int64_t planes, const PoolShape& s, T* y) {
+  const bool pairs = s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0 &&
+                     s.H == 2 * s.Ho && s.W == 2 * s.Wo;
+  if (pairs) {
+    const int64_t rows = planes * s.Ho;
+    switch (s.Wo) {
+      case 1: return pool_pairs<1>(x, rows, y);
+      case 2: return pool_pairs<2>(x, rows, y);
+      case 4: return pool_pairs<4>(x, rows, y);
+      case 8: return pool_pairs<8>(x, rows, y);
+      case 16: return pool_pairs<16>(x, rows, y);
+      default: break;
+    }
+  }
   auto run = [&](auto inside) {
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, s.Wo * s.kh * s.kw));
     at::parallel_for(0, planes * s.Ho, grain, [&](int64_t r0, int64_t r1) {

@@ -36,7 +36,9 @@ def _check(x, kernel_size, stride, padding, ceil_mode):
 
 @pytest.mark.parametrize("window", WINDOWS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 5, 5), (2, 3, 8, 8), (3, 5, 11, 7), (1, 64, 32, 33), (4, 9, 9)])
+# even planes 2, 4, 8, 16 or 32 wide take the 2x2 stride-2 loop across rows (pool_pairs); the others the general one
+@pytest.mark.parametrize("shape", [(1, 1, 5, 5), (2, 3, 8, 8), (3, 5, 11, 7), (1, 64, 32, 33), (4, 9, 9), (3, 4, 4, 2),
+                                   (2, 5, 4, 4), (2, 3, 16, 16), (1, 4, 32, 32), (2, 3, 12, 20)])
 def test_cpp_spikes_equal_f_max_pool2d(window, dtype, shape):
     assert cpp_extension_available()
     for seed, density in enumerate((0.0, 0.05, 0.2, 0.5, 1.0)):
@@ -48,15 +50,16 @@ def test_cpp_spikes_equal_f_max_pool2d(window, dtype, shape):
 
 @pytest.mark.parametrize("window", WINDOWS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cpp_real_values_ties_and_nan_equal_f_max_pool2d(window, dtype):
+@pytest.mark.parametrize("plane", [(13, 10), (8, 8), (4, 4)])
+def test_cpp_real_values_ties_and_nan_equal_f_max_pool2d(window, dtype, plane):
     gen = torch.Generator().manual_seed(1)
-    x = torch.randint(-2, 3, (2, 3, 13, 10), generator=gen).to(dtype)  # many ties
+    x = torch.randint(-2, 3, (2, 3, *plane), generator=gen).to(dtype)  # many ties
     signs = torch.rand(x.shape, generator=gen) < 0.5
     x = torch.where((x == 0) & signs, -torch.zeros_like(x), x)  # -0 and +0 side by side
     _check(x, *window)
-    _check(torch.full((1, 2, 6, 6), float("-inf"), dtype=dtype), *window)
-    x = torch.randn(2, 3, 9, 9, generator=gen).to(dtype)
-    x[0, 1, 4, 4] = float("nan")
+    _check(torch.full((1, 2, *plane), float("-inf"), dtype=dtype), *window)
+    x = torch.randn(2, 3, *plane, generator=gen).to(dtype)
+    x.view(-1)[torch.randperm(x.numel(), generator=gen)[:3]] = float("nan")
     got = max_pool2d(x, *window[:3], ceil_mode=window[3], backend="cpp")
     want = F.max_pool2d(x, *window[:3], ceil_mode=window[3])
     assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
