@@ -24,9 +24,11 @@ exact in float32 in both versions (power-of-two scales, inputs on a grid, spikes
 equal and their logits identical; for digits (trained scales, normalized input) the float version rounds its
 sums differently, so logits must agree within ``LOGIT_TOLERANCE`` and at most ``SPIKE_TOLERANCE`` of the
 spikes may differ. A failed check aborts the run. The measured spike rates (spikes per neuron per timestep)
-are part of the result. At the largest batch, one more forward of each vgg11 version per rate runs under
-``torch.profiler``, whose self time per operator shows where the time goes. The goals of the issue are printed
-as met or not.
+are part of the result. The timings of vgg11 take every rate, batch and version in turn, round after round
+(each keeps its median round), so that the time against the spike rate compares runs of the same rounds, not
+runs minutes apart on a shared machine. At the largest batch, one more forward of each vgg11 version per rate
+runs under ``torch.profiler``, whose self time per operator shows where the time goes. The goals of the issue
+are printed as met or not.
 
     python benchmarks/bench_deploy.py                   # writes benchmarks/results/deploy_<device>.json
     python benchmarks/bench_deploy.py --quick --out /tmp/deploy.json   # smoke run; the plot next to --out
@@ -41,6 +43,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -292,21 +295,25 @@ def set_thresholds(model: nn.Module, thresholds: dict) -> None:
         layers[name].v_threshold = threshold
 
 
-def _timed(model: nn.Module, x: Tensor):
+def _timed(model: nn.Module, x: Tensor, thresholds: Optional[dict] = None):
+    """One forward of ``model`` on images ``x`` as a function, after setting ``thresholds`` where given (see
+    ``set_thresholds``): then several rates time one model in turn."""
     def run():
+        if thresholds is not None:
+            set_thresholds(model, thresholds)
         with torch.inference_mode():
             return model(x)
     return run
 
 
-def time_pair(ternary: nn.Module, floating: nn.Module, x: Tensor, quick: bool) -> dict:
-    """Median ms per batch of each version on ``x``, timed in turn over ``timing_rounds`` rounds."""
-    functions = {TERNARY: _timed(ternary, x), FLOAT: _timed(floating, x)}
-    times = {name: [] for name in functions}
+def time_in_turn(functions: dict, quick: bool) -> dict:
+    """``{key: median ms}`` of each function of ``functions``, all timed in turn over ``timing_rounds`` rounds:
+    a slow spell of the machine then hits every one alike."""
+    times = {key: [] for key in functions}
     for _ in range(timing_rounds("cpu", quick)):
-        for name, fn in functions.items():
-            times[name].append(time_ms(fn, "cpu", quick))
-    return {name: statistics.median(found) for name, found in times.items()}
+        for key, fn in functions.items():
+            times[key].append(time_ms(fn, "cpu", quick))
+    return {key: statistics.median(found) for key, found in times.items()}
 
 
 def op_times(model: nn.Module, x: Tensor) -> dict:
@@ -353,7 +360,8 @@ def bench_digits(settings: dict, quick: bool, log) -> tuple:
         inputs = x[:batch]
         batch_agreement = compare(ternary, floating, inputs)
         check_agreement(f"digits at batch {batch}", batch_agreement, exact=False)
-        rows += _rows("digits", None, inputs, batch_agreement, time_pair(ternary, floating, inputs, quick))
+        ms = time_in_turn({TERNARY: _timed(ternary, inputs), FLOAT: _timed(floating, inputs)}, quick)
+        rows += _rows("digits", None, inputs, batch_agreement, ms)
         log(f"digits batch {batch}: ternary {rows[-2]['ms']:.2f} ms, float {rows[-1]['ms']:.2f} ms")
     cached, spiking = spike_layers_cached(ternary)
     description = dict(
@@ -373,7 +381,7 @@ def bench_vgg(settings: dict, quick: bool, log) -> tuple:
     generator = torch.Generator().manual_seed(0)
     calibration_images = random_images(settings["calibration_batch"], generator)
     inputs = {batch: random_images(batch, generator) for batch in settings["batches"]}
-    rows, calibrations = [], []
+    calibrations, agreements, functions = [], {}, {}
     for rate in settings["rates"]:
         thresholds = calibrate(ternary, calibration_images, rate)
         set_thresholds(floating, thresholds)
@@ -381,13 +389,20 @@ def bench_vgg(settings: dict, quick: bool, log) -> tuple:
                                  calibration_rates={name: layer.rate.item()
                                                     for name, layer in spiking_layers(ternary).items()}))
         for batch, x in inputs.items():
-            agreement = compare(ternary, floating, x)
-            check_agreement(f"vgg11 at rate {rate:.0%}, batch {batch}", agreement, exact=True)
-            rows += _rows("vgg11", rate, x, agreement, time_pair(ternary, floating, x, quick))
-            log(f"vgg11 rate {rate:.0%} batch {batch}: measured {agreement['mean_rate']:.3f}, "
-                f"ternary {rows[-2]['ms']:.1f} ms, float {rows[-1]['ms']:.1f} ms")
+            agreements[rate, batch] = compare(ternary, floating, x)
+            check_agreement(f"vgg11 at rate {rate:.0%}, batch {batch}", agreements[rate, batch], exact=True)
+            for impl, model in ((TERNARY, ternary), (FLOAT, floating)):
+                functions[rate, batch, impl] = _timed(model, x, thresholds)
         largest = inputs[max(inputs)]
         calibrations[-1]["op_ms"] = {TERNARY: op_times(ternary, largest), FLOAT: op_times(floating, largest)}
+    # every rate, batch and version in turn: the time against the spike rate compares runs of the same rounds
+    ms = time_in_turn(functions, quick)
+    rows = []
+    for (rate, batch), agreement in agreements.items():
+        rows += _rows("vgg11", rate, inputs[batch], agreement,
+                      {impl: ms[rate, batch, impl] for impl in (TERNARY, FLOAT)})
+        log(f"vgg11 rate {rate:.0%} batch {batch}: measured {agreement['mean_rate']:.3f}, "
+            f"ternary {rows[-2]['ms']:.1f} ms, float {rows[-1]['ms']:.1f} ms")
     cached, spiking = spike_layers_cached(ternary)
     description = dict(
         network="spiking VGG-11 (python/tna/models), every weight layer ternary, random weights with "
