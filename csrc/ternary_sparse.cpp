@@ -386,17 +386,33 @@ inline void lane_counts(const u64x4* planes, int P, int32_t* counts) {
 }
 #endif
 
+// Transposes four 64 x 64 bit matrices at once, one per lane: bit c of a[r] moves to bit r of a[c]. Blocks of j x j
+// bits trade places across the diagonal for j = 32, 16, .., 1: in rows r and r + j (bit j of r clear), the columns
+// of the high half of every 2j columns in row r swap with those of the low half in row r + j.
+inline void transpose64(u64x4 (&a)[64]) {
+  uint64_t low = 0x00000000FFFFFFFFull;  // the low half of every 2j columns
+  for (int j = 32; j != 0; j >>= 1, low ^= low << j) {
+    for (int r = 0; r < 64; r = ((r | j) + 1) & ~j) {
+      const u64x4 t = ((a[r] >> j) ^ a[r | j]) & low;
+      a[r | j] ^= t;
+      a[r] ^= t << j;
+    }
+  }
+}
+
 // cols [blocks, K]: word k of block b has bit r set where row b * kBlockRows + r of bit rows xbits [M, W64p] has bit k.
+// Word w of a block's rows is a 256 x 64 bit matrix: four 64 x 64 ones side by side in the lanes, transposed at once.
 std::vector<u64x4> spike_columns(const uint64_t* xbits, int64_t M, int64_t W64p, int64_t K) {
   const int64_t blocks = (M + kBlockRows - 1) / kBlockRows, W64 = (K + 63) / 64;
-  std::vector<u64x4> cols(blocks * K, u64x4{0, 0, 0, 0});
+  std::vector<u64x4> cols(blocks * K);
   at::parallel_for(0, blocks * W64, 1, [&](int64_t q0, int64_t q1) {
+    u64x4 a[64];
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t b = q / W64, w = q % W64, m0 = b * kBlockRows, rows = std::min(kBlockRows, M - m0);
-      u64x4* col = cols.data() + b * K + 64 * w;
-      for (int64_t r = 0; r < rows; ++r)
-        for (uint64_t bits = xbits[(m0 + r) * W64p + w]; bits != 0; bits &= bits - 1)
-          col[__builtin_ctzll(bits)][r / 64] |= uint64_t{1} << (r % 64);
+      for (int i = 0; i < 64; ++i)  // a[i] lane j: row 64 j + i of the block
+        for (int j = 0; j < 4; ++j) a[i][j] = 64 * j + i < rows ? xbits[(m0 + 64 * j + i) * W64p + w] : 0;
+      transpose64(a);
+      std::copy(a, a + std::min<int64_t>(64, K - 64 * w), cols.data() + b * K + 64 * w);
     }
   });
   return cols;
