@@ -627,12 +627,13 @@ inline SparseKernel choose_kernel(SparseKernel kernel, int64_t spikes, int64_t M
   return scatter <= events ? SparseKernel::scatter : SparseKernel::dense;
 }
 
-// The conv's estimates (same units): the bit-sliced kernel also pays per set bit of the receptive-field rows (they
-// become its columns one bit at a time) and per result; the dense layout's conv kernels per int8 lane added (event
-// kernel) or per bit-row word and output (popcount kernel), and per result. The scatter kernel, whose results land
-// strided in y [B, O, Ho, Wo], is not chosen by itself.
-constexpr double kConvSlicedPerBit = 1.0;
-constexpr double kConvSlicedPerResult = 1.0;
+// The conv's estimates (same units, fitted to timings of pruned 3x3 convs at 75-99% weight sparsity on 10% spikes,
+// images of 4x4 to 16x16 pixels): the bit-sliced kernel per non-zero code and block of rows, and per
+// result (its columns, made by bit transposes, and its strided stores into y [B, O, Ho, Wo]); the dense layout's
+// conv kernels per int8 lane added (event kernel) or per bit-row word and output (popcount kernel), and per result.
+// The scatter kernel, whose results land strided in y, is not chosen by itself.
+constexpr double kConvSlicedPerCode = 0.35;
+constexpr double kConvSlicedPerResult = 1.1;
 constexpr double kConvEventsPerLane = 0.01;
 constexpr double kConvDensePerWord = 0.09;
 constexpr double kConvDensePerResult = 0.3;
@@ -643,8 +644,7 @@ inline SparseKernel choose_conv_kernel(SparseKernel kernel, int64_t bits, int64_
   if (kernel != SparseKernel::automatic) return kernel;
   const double blocks = static_cast<double>((M + kBlockRows - 1) / kBlockRows), N = static_cast<double>(v.N);
   const double results = static_cast<double>(M) * N, set = static_cast<double>(bits);
-  const double sliced = kSlicedPerCode * blocks * static_cast<double>(v.nnz) + kConvSlicedPerResult * results +
-                        kConvSlicedPerBit * set;
+  const double sliced = kConvSlicedPerCode * blocks * static_cast<double>(v.nnz) + kConvSlicedPerResult * results;
   const double dense = std::min(kConvEventsPerLane * set * N, kConvDensePerWord * results * static_cast<double>(Wk)) +
                        kConvDensePerResult * results;
   return sliced <= dense ? SparseKernel::sliced : SparseKernel::dense;
