@@ -2,7 +2,8 @@
 
 Each network is deployed the way ``tna-export`` deploys it (``tna.deploy.deployable``: ternary layers frozen to
 packed 2-bit weights, BatchNorm folded into the convolutions, max pooling on the inference kernel; on CPU a frozen
-layer caches the layout its spike kernels read on its first spike input) and timed against its float version: the same
+layer caches the layout its spike kernels read on its first spike input, and each spike-input conv block runs its conv
+and neurons in one pass, ``tna_kernels.nn.conv_lif_inference``) and timed against its float version: the same
 modules, LIF neurons and thresholds, with every ternary layer replaced by a plain ``nn.Conv2d`` / ``nn.Linear``
 holding the dequantized weight (scale x code). Both run under ``torch.inference_mode``; the time is that of
 the whole forward, from the images ``[B, C, H, W]`` to the logits ``[B, classes]``.
@@ -130,9 +131,12 @@ def compare(ternary: nn.Module, floating: nn.Module, x: Tensor) -> dict:
 
     Returns ``{"max_logit_difference", "max_logit", "differing_spikes", "spikes_compared", "layer_rates"
     {layer: rate of the ternary version}, "float_layer_rates", "mean_rate", "float_mean_rate", "input_densities"
-    {spike-input ternary layer: fraction of its input that spiked}}``; the ternary version's spikes are kept only
-    until the float version's layer has been compared with them.
+    {spike-input ternary layer: fraction of its input that spiked}, "fused_logit_difference"}``; the ternary
+    version's spikes are kept only until the float version's layer has been compared with them. The hooks that
+    watch the neurons make the ternary version run its conv blocks module by module; "fused_logit_difference" is
+    max|logits| of its difference to a run without hooks, whose blocks run fused (``conv_lif_inference``), as timed.
     """
+    fused = ternary(x)
     kept, counts, densities = {}, [0, 0], {}
 
     def density(name):
@@ -166,11 +170,14 @@ def compare(ternary: nn.Module, floating: nn.Module, x: Tensor) -> dict:
     return dict(max_logit_difference=(outputs[0] - outputs[1]).abs().max().item(),
                 max_logit=outputs[1].abs().max().item(), differing_spikes=counts[0], spikes_compared=counts[1],
                 layer_rates=rates[0], float_layer_rates=rates[1], mean_rate=means[0], float_mean_rate=means[1],
-                input_densities=densities)
+                input_densities=densities, fused_logit_difference=(fused - outputs[0]).abs().max().item())
 
 
 def check_agreement(what: str, agreement: dict, exact: bool) -> None:
     """Raise unless the comparison of ``compare`` is within tolerance (``exact``: equal spikes and logits)."""
+    if agreement["fused_logit_difference"]:
+        raise AssertionError(f"{what}: the ternary version's fused conv blocks differ from its modules (max logit "
+                             f"difference {agreement['fused_logit_difference']:.3g})")
     logit_error = agreement["max_logit_difference"] / max(agreement["max_logit"], 1e-30)
     spike_error = agreement["differing_spikes"] / max(agreement["spikes_compared"], 1)
     if exact and (agreement["differing_spikes"] or agreement["max_logit_difference"]):

@@ -18,6 +18,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "lif_step.h"
+
 #include <algorithm>
 #include <cstring>
 #include <cmath>
@@ -852,6 +854,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_backward(
 }
 
 }  // namespace
+
+namespace tna_cpu {
+
+int64_t lif_step(const float* x, float* spikes, float* v, const float* tau, const float* v_threshold,
+                 const LifParams& p, int64_t len) {
+  const auto run = [&](auto decay_c, auto soft_c) {
+    return forward_chunk<float, decltype(decay_c)::value, decltype(soft_c)::value, true, false, true>(
+        x, spikes, nullptr, 0, len, 0, 1, len, v, tau, v_threshold, p.v_reset, false);
+  };
+  using TT = std::true_type;
+  using FF = std::false_type;
+  if (p.decay_input) return p.soft_reset ? run(TT{}, TT{}) : run(TT{}, FF{});
+  return p.soft_reset ? run(FF{}, TT{}) : run(FF{}, FF{});
+}
+
+}  // namespace tna_cpu
 
 TORCH_LIBRARY(tna_cpp, m) {
   m.def(

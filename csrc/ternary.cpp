@@ -28,6 +28,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "lif_step.h"
 #include "ternary_common.h"
 
 #if defined(__AVX2__)
@@ -770,14 +771,25 @@ void conv_event_sums(const int8_t* tile, const ConvShape& s, const int64_t* offs
 
 constexpr int64_t kConvPixels = 64;  // most output pixels per task: their bit rows stay in L1
 
+// LIF neurons on a conv's output: the images [T * Bn] are T timesteps of Bn samples (image t * Bn + b), and the
+// neurons (one per output channel and pixel of a sample) fire on the conv's output instead of returning it.
+struct ConvLif {
+  int64_t T;
+  LifParams params;
+};
+
 // The conv of the pixel bits [B, H, W, G, Wc] into y [B, O, Ho, Wo] by the bit-plane popcounts or, `by_events`,
-// the column tiles of `layout` (see conv_layout_size).
+// the column tiles of `layout` (see conv_layout_size). With `lif`, y holds the spikes of LIF neurons on the conv's
+// output instead (float32; each task runs its pixels through the T timesteps, its neurons' membranes in a local
+// buffer), and the number of spikes is returned (else 0).
 template <typename Out>
-void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& size, bool by_events,
-                const ConvShape& s, const float* scale, bool asymmetric, const float* bias, Out* y) {
+int64_t spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& size, bool by_events,
+                   const ConvShape& s, const float* scale, bool asymmetric, const float* bias, Out* y,
+                   const ConvLif* lif) {
   const int64_t L = s.Ho * s.Wo, R = s.T * s.Cg;
+  const int64_t steps = lif != nullptr ? lif->T : 1, samples = s.B / steps;
   // fewer pixels per task where kConvPixels would leave threads idle (one small image)
-  const int64_t pixels = std::clamp<int64_t>(s.B * s.G * L / (4 * at::get_num_threads()), 4, kConvPixels);
+  const int64_t pixels = std::clamp<int64_t>(samples * s.G * L / (4 * at::get_num_threads()), 4, kConvPixels);
   const int64_t blocks = (L + pixels - 1) / pixels;
   const auto* plus = reinterpret_cast<const uint64_t*>(layout);
   const auto* minus = plus + size.plane_words / 2;
@@ -790,16 +802,19 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
     event_offsets(bits, s.B * s.H * s.W * s.G, s.Wc, offsets);
     list_events(bits, s.B * s.H * s.W * s.G, s.Wc, offsets, events);
   }
-  at::parallel_for(0, s.B * s.G * blocks, 1, [&](int64_t q0, int64_t q1) {
+  const int64_t tasks = samples * s.G * blocks;
+  std::vector<int64_t> counts(lif != nullptr ? tasks : 0);
+  at::parallel_for(0, tasks, 1, [&](int64_t q0, int64_t q1) {
     std::vector<uint64_t> rows(by_events ? 0 : pixels * s.Wk);
     std::vector<EventRun> runs(by_events ? pixels * s.T : 0);  // the taps of the block's pixels
     std::vector<int32_t> sums(by_events ? pixels * Ot * lanes : 0), abs_sums(by_events && asymmetric ? sums.size() : 0);
-    for (int64_t q = q0; q < q1; ++q) {  // q = (b * G + g) * blocks + block
-      const int64_t b = q / (s.G * blocks), g = q / blocks % s.G;
-      const int64_t l0 = q % blocks * pixels, l1 = std::min(L, l0 + pixels);
-      const int64_t n0 = g * s.Og;  // y [B, O, Ho, Wo]: row l - l0 of the block, column n of the group
-      const SpikeOutput<Out> out{scale + n0, asymmetric, s.O, bias != nullptr ? bias + n0 : nullptr,
-                                 y + (b * s.O + n0) * L + l0, 1, L};
+    // with lif, per neuron of a block ([Og, pixels]): the conv's output, the membrane, the spikes, tau, threshold
+    const int64_t neurons = lif != nullptr ? s.Og * pixels : 0;
+    std::vector<float> current(neurons), membrane(neurons), fired(neurons);
+    std::vector<float> tau(neurons, lif != nullptr ? lif->params.tau : 0.0f);
+    std::vector<float> threshold(neurons, lif != nullptr ? lif->params.v_threshold : 0.0f);
+    // The output of pixels l0 .. l1 - 1 of image b, group g, to `out` (rows: pixels, columns: the group's outputs).
+    const auto conv_block = [&](int64_t b, int64_t g, int64_t l0, int64_t l1, const SpikeOutput<Out>& out) {
       if (by_events) {
         const int8_t* group_tiles = tiles + g * tile_bytes(R, s.Og);
         dispatch_events(V, asymmetric, [&](auto width, auto abs) {
@@ -809,7 +824,7 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
                 sums.data() + t * lanes, abs_sums.data() + t * lanes, Ot * lanes);
         });
         out.store_sums(0, l1 - l0, 0, s.Og, sums.data(), abs_sums.data(), Ot * lanes);
-        continue;
+        return;
       }
       gather_rows(bits, s, b, g, l0, l1, rows.data());
       const uint64_t* p = plus + g * s.Ob * s.Wk * kLanes;
@@ -817,8 +832,36 @@ void spike_conv(const uint64_t* bits, const int64_t* layout, const LayoutSize& s
       int64_t r = 0;
       for (; r + 4 <= l1 - l0; r += 4) conv_rows<4>(rows.data(), p, m, s, r, out);
       for (; r < l1 - l0; ++r) conv_rows<1>(rows.data(), p, m, s, r, out);
+    };
+    for (int64_t q = q0; q < q1; ++q) {  // q = (b * G + g) * blocks + block, b < samples
+      const int64_t b = q / (s.G * blocks), g = q / blocks % s.G;
+      const int64_t l0 = q % blocks * pixels, l1 = std::min(L, l0 + pixels), n = l1 - l0;
+      const int64_t n0 = g * s.Og;  // y [B, O, Ho, Wo]: row l - l0 of the block, column n of the group
+      if (lif == nullptr) {
+        conv_block(b, g, l0, l1, {scale + n0, asymmetric, s.O, bias != nullptr ? bias + n0 : nullptr,
+                                  y + (b * s.O + n0) * L + l0, 1, L});
+        continue;
+      }  // lif: y is float32 (conv_from_pixel_bits)
+      if constexpr (std::is_same_v<Out, float>) {  // the block's neurons [Og, n], timestep by timestep
+        const SpikeOutput<float> out{scale + n0, asymmetric, s.O, bias != nullptr ? bias + n0 : nullptr,
+                                     current.data(), 1, n};
+        std::fill(membrane.begin(), membrane.begin() + s.Og * n, lif->params.v_reset);
+        for (int64_t t = 0; t < steps; ++t) {
+          const int64_t image = t * samples + b;
+          conv_block(image, g, l0, l1, out);
+          float* spikes = y + (image * s.O + n0) * L + l0;  // the block's spikes: [Og, n] rows L apart in y
+          counts[q] += lif_step(current.data(), n == L ? spikes : fired.data(), membrane.data(), tau.data(),
+                                threshold.data(), lif->params, s.Og * n);
+          if (n < L)
+            for (int64_t o = 0; o < s.Og; ++o)
+              std::copy(fired.data() + o * n, fired.data() + (o + 1) * n, spikes + o * L);
+        }
+      }
     }
   });
+  int64_t total = 0;
+  for (const int64_t c : counts) total += c;
+  return total;
 }
 
 // A conv layout: the interleaved bit-planes [2, G * Ob * Wk * kLanes] (plus, then minus), then per group the
@@ -868,10 +911,12 @@ at::Tensor ternary_conv2d_layout(const at::Tensor& packed, int64_t in_channels, 
 }
 
 // y [B, O, Ho, Wo] from the pixel bits of x (pixel_bits) by the kernel `choice` picks; `layout` as in
-// ternary_conv2d_spikes (checked here).
+// ternary_conv2d_spikes (checked here). With `lif`: the spikes of LIF neurons on that output (float32), and
+// `spikes` their number.
 at::Tensor conv_from_pixel_bits(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& layout,
-                                const ConvShape& s, const std::vector<uint64_t>& bits, SpikeKernel choice) {
+                                const ConvShape& s, const std::vector<uint64_t>& bits, SpikeKernel choice,
+                                const ConvLif* lif = nullptr, int64_t* spikes = nullptr) {
   const LayoutSize size = conv_layout_size(s);
   if (layout.has_value()) check_layout(*layout, size, "ternary_conv2d");
   const bool by_events = use_events(choice, count_bits(bits), x.numel(), s.B * s.Ho * s.Wo, layout.has_value(),
@@ -882,12 +927,13 @@ at::Tensor conv_from_pixel_bits(const at::Tensor& x, const at::Tensor& packed, c
     fill_conv_layout(packed.data_ptr<int32_t>(), packed.size(1), s, !by_events, by_events, made.data_ptr<int64_t>());
   }
   const int64_t* words = (layout.has_value() ? *layout : made).data_ptr<int64_t>();
-  const auto out_dtype = x.is_floating_point() ? x.scalar_type() : at::kFloat;
+  const auto out_dtype = x.is_floating_point() && lif == nullptr ? x.scalar_type() : at::kFloat;
   at::Tensor y = at::empty({s.B, s.O, s.Ho, s.Wo}, x.options().dtype(out_dtype));
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "ternary_conv2d_spikes_out", [&] {
-    spike_conv(bits.data(), words, size, by_events, s, scale.data_ptr<float>(), scale.dim() == 2, bp,
-               y.data_ptr<scalar_t>());
+    const int64_t fired = spike_conv(bits.data(), words, size, by_events, s, scale.data_ptr<float>(),
+                                     scale.dim() == 2, bp, y.data_ptr<scalar_t>(), lif);
+    if (spikes != nullptr) *spikes = fired;
   });
   return y;
 }
@@ -904,6 +950,28 @@ at::Tensor ternary_conv2d_spikes(const at::Tensor& x, const at::Tensor& packed, 
   const SpikeKernel choice = spike_kernel(kernel, "ternary_conv2d");
   const ConvShape s = conv_shape(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size);
   return conv_from_pixel_bits(x, packed, scale, bias, layout, s, pixel_bits(x, s), choice);
+}
+
+// (spikes [B, O, Ho, Wo] float32, their number as a float32 scalar) of LIF neurons on the conv2d of spikes x
+// [B, C, H, W] (arguments as in ternary_conv2d_spikes, the kernel chosen as by "auto"): the images are `timesteps`
+// timesteps of B / timesteps samples, time-major (image t * B / timesteps + b), and the neurons (tau, v_threshold,
+// v_reset, soft_reset, decay_input as in lif_forward, one value each for all; membranes starting at v_reset) see
+// the conv's output at each timestep. Equal, bit for bit, to lif_forward on ternary_conv2d_spikes' float32 output,
+// which this never writes.
+std::tuple<at::Tensor, at::Tensor> ternary_conv2d_spikes_lif(
+    const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& layout, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, at::IntArrayRef kernel_size, int64_t timesteps, double tau,
+    double v_threshold, double v_reset, bool soft_reset, bool decay_input) {
+  const ConvShape s = conv_shape(x, packed, scale, bias, stride, padding, dilation, groups, kernel_size);
+  TORCH_CHECK(timesteps >= 1 && s.B % timesteps == 0, "ternary_conv2d_spikes_lif: timesteps = ", timesteps,
+              " must divide the batch of x, ", s.B);
+  const ConvLif lif{timesteps, {static_cast<float>(tau), static_cast<float>(v_threshold), static_cast<float>(v_reset),
+                                soft_reset, decay_input}};
+  int64_t spikes = 0;
+  at::Tensor y = conv_from_pixel_bits(x, packed, scale, bias, layout, s, pixel_bits(x, s), SpikeKernel::automatic,
+                                      &lif, &spikes);
+  return {y, at::scalar_tensor(static_cast<double>(spikes), x.options().dtype(at::kFloat))};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,6 +1102,10 @@ TORCH_LIBRARY_FRAGMENT(tna_cpp, m) {
   m.def(
       "ternary_conv2d_spikes(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? layout, int[] stride, "
       "int[] padding, int[] dilation, int groups, int[] kernel_size, str kernel) -> Tensor");
+  m.def(
+      "ternary_conv2d_spikes_lif(Tensor x, Tensor packed, Tensor scale, Tensor? bias, Tensor? layout, int[] stride, "
+      "int[] padding, int[] dilation, int groups, int[] kernel_size, int timesteps, float tau, float v_threshold, "
+      "float v_reset, bool soft_reset, bool decay_input) -> (Tensor, Tensor)");
   m.def("ternary_linear_dense(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor");
   m.def("ternary_linear_grad_input(Tensor grad_y, Tensor packed, Tensor scale, int k) -> Tensor");
 }
@@ -1043,6 +1115,7 @@ TORCH_LIBRARY_IMPL(tna_cpp, CPU, m) {
   m.impl("ternary_conv2d_layout", &ternary_conv2d_layout);
   m.impl("ternary_linear_spikes", &ternary_linear_spikes);
   m.impl("ternary_conv2d_spikes", &ternary_conv2d_spikes);
+  m.impl("ternary_conv2d_spikes_lif", &ternary_conv2d_spikes_lif);
   m.impl("ternary_linear_dense", &ternary_linear_dense);
   m.impl("ternary_linear_grad_input", &ternary_linear_grad_input);
 }

@@ -67,6 +67,7 @@ def test_ternary_and_float_versions_agree_at_calibrated_rates():
         assert agreement["differing_spikes"] == 0 and agreement["spikes_compared"] > 0
         assert agreement["max_logit_difference"] == 0 and agreement["max_logit"] > 0
         assert agreement["layer_rates"] == agreement["float_layer_rates"]
+        assert agreement["fused_logit_difference"] == 0
         spike_inputs = [name for name, _ in bench_deploy.spike_input_layers(ternary)]
         assert spike_inputs and list(agreement["input_densities"]) == spike_inputs
         assert all(0 < density <= 1 for density in agreement["input_densities"].values())
@@ -74,8 +75,11 @@ def test_ternary_and_float_versions_agree_at_calibrated_rates():
 
 
 def test_check_agreement_refuses_differences():
-    agreement = dict(max_logit_difference=0.0, max_logit=1.0, differing_spikes=1, spikes_compared=10**6)
+    agreement = dict(max_logit_difference=0.0, max_logit=1.0, differing_spikes=1, spikes_compared=10**6,
+                     fused_logit_difference=0.0)
     bench_deploy.check_agreement("close", agreement, exact=False)
+    with pytest.raises(AssertionError, match="fused conv blocks differ"):
+        bench_deploy.check_agreement("fused", dict(agreement, fused_logit_difference=1e-7), exact=False)
     with pytest.raises(AssertionError, match="1 spikes"):
         bench_deploy.check_agreement("exact", agreement, exact=True)
     with pytest.raises(AssertionError, match="logits by 1.00e-02"):

@@ -20,10 +20,10 @@ V3 = set(_ext._ISA_FLAGS["avx2"])
 AVX512 = set(_ext._ISA_FLAGS["avx512"])
 
 # The C++ kernel tests that run again at each lower level: every C++ LIF kernel test, every ternary C++ op test
-# but those that do not run our build (torch.compile's own code, opcheck of the reference), the C++ max pooling
-# tests, and the level check.
+# but those that do not run our build (torch.compile's own code, opcheck of the reference), the fused conv + LIF
+# tests, the C++ max pooling tests, and the level check.
 LEVEL_SUBSET = ["tests/ops/lif/test_kernels.py", "tests/ops/ternary/test_cpp_op.py",
-                "tests/ops/ternary/test_sparse_cpp.py", "tests/ops/pool/test_max_pool.py",
+                "tests/ops/ternary/test_sparse_cpp.py", "tests/nn/test_fused_cpp.py", "tests/ops/pool/test_max_pool.py",
                 "tests/test_isa.py::test_loaded_cpp_build_reports_its_level",
                 "-k", "cpp and not compile and not (opcheck and torch)"]
 

@@ -11,6 +11,7 @@ import tna_kernels.nn as tnn
 from tna.config import TrainConfig
 from tna.deploy import deployable, export_run, load_deployed
 from tna.models import Precision, build_model, spiking_layers
+from tna.models.layers import ConvBNLIF
 from tna.trainer import Trainer
 from tna_kernels.nn.fold import fold_batchnorm_ternary
 
@@ -73,6 +74,40 @@ def test_deployed_folds_every_batchnorm_and_keeps_spikes(arch, quantizer):
     for name, rate in rates.items():  # a spike flips only where a membrane lies within rounding of the threshold
         assert rate == pytest.approx(want_rates[name], abs=2e-3)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "convnet"])
+def test_deployed_blocks_fuse_conv_and_neurons_exactly(arch):
+    """Deployed, each spike-input ConvBNLIF runs its conv and neurons in one fused pass (conv_lif_inference); with a
+    hook on the neurons it runs them as modules. Both give the same spikes, rates and logits, bit for bit."""
+    torch.manual_seed(0)
+    precision = Precision("ternary", "twn", quantize_first_last=True)
+    model = build_model(arch, 10, (3, 32, 32), 3, precision, width=0.125)
+    _random_batchnorms(model, seed=5)
+    deployed = deployable(model)
+    blocks = [m for m in deployed.modules() if isinstance(m, ConvBNLIF) and m.conv.spikes]
+    assert blocks
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    fused_calls = []
+    original = tnn.conv_lif_inference
+
+    def counting(*args):
+        result = original(*args)
+        fused_calls.append(result is not None)
+        return result
+
+    with torch.inference_mode():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tnn, "conv_lif_inference", counting)
+            fused = deployed(x)
+        fused_rates = {name: layer.rate.item() for name, layer in spiking_layers(deployed).items()}
+        hooks = [block.lif.register_forward_hook(lambda *args: None) for block in blocks]
+        modules = deployed(x)
+        for hook in hooks:
+            hook.remove()
+    rates = {name: layer.rate.item() for name, layer in spiking_layers(deployed).items()}
+    assert fused_calls == [True] * len(blocks)
+    assert torch.equal(fused, modules) and fused_rates == rates and max(rates.values()) > 0.01
 
 
 def test_export_and_load_rebuild_the_folded_model(tmp_path):

@@ -67,8 +67,13 @@ class SpikingNeurons(tnn.LIF):
         super().__init__(count_spikes=True, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
-        spikes = super().forward(x)
-        self.rate = self.spike_count.float() / spikes.numel()
+        return self.record(super().forward(x), self.spike_count)
+
+    def record(self, spikes: Tensor, count: Tensor) -> Tensor:
+        """Keep ``count`` (the number of ``spikes``, ``[T, B, ...]``) as this layer's last forward's; returns
+        ``spikes``. For a caller that computed the neurons' spikes in a fused kernel."""
+        self.spike_count = count
+        self.rate = count.float() / spikes.numel()
         self.neurons = spikes[0, 0].numel()
         return spikes
 
@@ -90,6 +95,12 @@ class ConvBNLIF(nn.Module):
         self.lif = neurons(tau)
 
     def forward(self, x: Tensor) -> Tensor:
+        # deployed (BatchNorm folded into the conv) and not observed by hooks on the neurons: one fused C++ pass
+        # where it applies (tna_kernels.nn.conv_lif_inference says where)
+        if isinstance(self.bn, nn.Identity) and not (self.lif._forward_hooks or self.lif._forward_pre_hooks):
+            fused = tnn.conv_lif_inference(self.conv, self.lif, x)
+            if fused is not None:
+                return self.lif.record(*fused)
         return self.lif(fold(self.bn, fold(self.conv, x)))
 
 
