@@ -79,7 +79,8 @@ def test_deployed_folds_every_batchnorm_and_keeps_spikes(arch, quantizer):
 @pytest.mark.parametrize("arch", ["vgg11", "convnet"])
 def test_deployed_blocks_fuse_conv_and_neurons_exactly(arch):
     """Deployed, each spike-input ConvBNLIF runs its conv and neurons in one fused pass (conv_lif_inference); with a
-    hook on the neurons it runs them as modules. Both give the same spikes, rates and logits, bit for bit."""
+    hook on the neurons it runs them as modules (and a hook on a conv sees it run). Both give the same spikes, rates
+    and logits, bit for bit."""
     torch.manual_seed(0)
     precision = Precision("ternary", "twn", quantize_first_last=True)
     model = build_model(arch, 10, (3, 32, 32), 3, precision, width=0.125)
@@ -105,6 +106,12 @@ def test_deployed_blocks_fuse_conv_and_neurons_exactly(arch):
         modules = deployed(x)
         for hook in hooks:
             hook.remove()
+        seen = []
+        hooks = [block.conv.register_forward_hook(lambda *args: seen.append(True)) for block in blocks]
+        deployed(x)
+        for hook in hooks:
+            hook.remove()
+    assert seen == [True] * len(blocks)  # a hook on a block's conv sees it run
     rates = {name: layer.rate.item() for name, layer in spiking_layers(deployed).items()}
     assert fused_calls == [True] * len(blocks)
     assert torch.equal(fused, modules) and fused_rates == rates and max(rates.values()) > 0.01

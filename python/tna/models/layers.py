@@ -95,9 +95,10 @@ class ConvBNLIF(nn.Module):
         self.lif = neurons(tau)
 
     def forward(self, x: Tensor) -> Tensor:
-        # deployed (BatchNorm folded into the conv) and not observed by hooks on the neurons: one fused C++ pass
-        # where it applies (tna_kernels.nn.conv_lif_inference says where)
-        if isinstance(self.bn, nn.Identity) and not (self.lif._forward_hooks or self.lif._forward_pre_hooks):
+        # deployed (BatchNorm folded into the conv) and not observed by hooks on the conv or the neurons: one fused
+        # C++ pass where it applies (tna_kernels.nn.conv_lif_inference says where)
+        watched = any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv, self.lif))
+        if isinstance(self.bn, nn.Identity) and not watched:
             fused = tnn.conv_lif_inference(self.conv, self.lif, x)
             if fused is not None:
                 return self.lif.record(*fused)
