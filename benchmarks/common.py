@@ -64,22 +64,40 @@ def cpu_model() -> str:
     return model
 
 
+def cpu_family_model():
+    """"family 23 model 1": the x86 family and model numbers from /proc/cpuinfo, which tell apart machines whose
+    model name a hypervisor cuts to "AMD EPYC"; None where /proc/cpuinfo has none."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return None
+    if "cpu family" not in fields or "model" not in fields:
+        return None
+    return f"family {fields['cpu family']} model {fields['model']}"
+
+
 def cpu_machine() -> dict:
-    """What a CPU result records about its machine: ``cpu_model``, ``cpu_threads`` (torch's), ``cpu_isa`` (the
+    """What a CPU result records about its machine: ``cpu_model``, ``cpu_family_model`` (``cpu_family_model()``),
+    ``cpu_threads`` (torch's), ``cpu_isa`` (the
     level the loaded C++ build targets, None without one), ``host_isa`` (the best level the host executes)
     and ``host_isa_flags`` (the host's vector and bit-manipulation flags from /proc/cpuinfo)."""
     from tna_kernels import _ext
 
     known = set().union(*_ext._ISA_FLAGS.values())
     flags = sorted(f for f in _ext.cpu_flags() if f in known or f.startswith(("avx", "amx", "sse", "fma")))
-    return dict(cpu_model=cpu_model(), cpu_threads=torch.get_num_threads(), cpu_isa=tna_kernels.cpu_isa(),
-                host_isa=tna_kernels.host_cpu_isas()[0], host_isa_flags=flags)
+    return dict(cpu_model=cpu_model(), cpu_family_model=cpu_family_model(), cpu_threads=torch.get_num_threads(),
+                cpu_isa=tna_kernels.cpu_isa(), host_isa=tna_kernels.host_cpu_isas()[0], host_isa_flags=flags)
 
 
 def cpu_label(machine: dict) -> str:
-    """A CPU ``machine`` (``cpu_machine()``'s fields) in words: "AMD EPYC (avx2 build, host avx512), 2 threads"."""
+    """A CPU ``machine`` (``cpu_machine()``'s fields) in words: "AMD EPYC family 23 model 1 (avx2 build, host avx2),
+    2 threads" (results from before ``cpu_family_model`` was recorded name the model alone)."""
     build = f"{machine['cpu_isa']} build" if machine["cpu_isa"] else "no C++ build"
-    return f"{machine['cpu_model']} ({build}, host {machine['host_isa']}), {machine['cpu_threads']} threads"
+    model = " ".join(filter(None, [machine["cpu_model"], machine.get("cpu_family_model")]))
+    return f"{model} ({build}, host {machine['host_isa']}), {machine['cpu_threads']} threads"
 
 
 def device_name(device: str) -> str:
@@ -91,9 +109,9 @@ def device_name(device: str) -> str:
 
 
 def device_slug(device: str, result: dict) -> str:
-    """The device part of a result's file name: "cpu-amd-epyc-avx2-2-threads" (the model, the build's level,
-    "-on-<host level>" where the host executes a better one, the threads) for a result with ``cpu_machine()``'s
-    fields, else the device kind and ``result["device"]``."""
+    """The device part of a result's file name: "cpu-amd-epyc-family-23-model-1-avx2-2-threads" (the model, its
+    family and model numbers where recorded, the build's level, "-on-<host level>" where the host executes a better
+    one, the threads) for a result with ``cpu_machine()``'s fields, else the device kind and ``result["device"]``."""
     def slug(text: str, length: int) -> str:
         return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length].strip("-")
 
@@ -101,7 +119,9 @@ def device_slug(device: str, result: dict) -> str:
         return slug(device + "-" + result["device"], 60)
     isa = result["cpu_isa"] or "no-cpp"
     host = "" if result["host_isa"] == isa else f"-on-{result['host_isa']}"
-    return f"{device}-{slug(result['cpu_model'], 40)}-{isa}{host}-{result['cpu_threads']}-threads"
+    model = slug(result["cpu_model"], 40) + (f"-{slug(result['cpu_family_model'], 30)}"
+                                             if result.get("cpu_family_model") else "")
+    return f"{device}-{model}-{isa}{host}-{result['cpu_threads']}-threads"
 
 
 def git_commit() -> str:

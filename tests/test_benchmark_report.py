@@ -137,23 +137,28 @@ def test_one_section_per_benchmark_shows_every_cpu_and_the_ranges(results, tmp_p
 
 
 def test_cpu_results_are_named_by_model_isa_and_threads(tmp_path, monkeypatch):
-    machine = dict(cpu_model="AMD EPYC 9654 96-Core Processor", cpu_threads=2, cpu_isa="avx2", host_isa="avx512",
-                   host_isa_flags=["avx2", "avx512f"])
+    machine = dict(cpu_model="AMD EPYC 9654 96-Core Processor", cpu_family_model="family 25 model 17", cpu_threads=2,
+                   cpu_isa="avx2", host_isa="avx512", host_isa_flags=["avx2", "avx512f"])
     monkeypatch.setattr(common, "cpu_machine", lambda: dict(machine))
     monkeypatch.setattr(common, "RESULTS", tmp_path)
-    assert common.device_name("cpu") == "AMD EPYC 9654 96-Core Processor (avx2 build, host avx512), 2 threads"
+    assert common.device_name("cpu") == \
+        "AMD EPYC 9654 96-Core Processor family 25 model 17 (avx2 build, host avx512), 2 threads"
     args = argparse.Namespace(device="cpu", quick=False, out=None)
     common.write_results("lif", dict(benchmark="lif", device=common.device_name("cpu"), rows=[]), "table\n", args)
-    written = tmp_path / "lif_cpu-amd-epyc-9654-96-core-processor-avx2-on-avx512-2-threads.json"
+    written = tmp_path / "lif_cpu-amd-epyc-9654-96-core-processor-family-25-model-17-avx2-on-avx512-2-threads.json"
     written = json.loads(written.read_text())
     assert list(written) == ["benchmark", "device", *machine, "rows"]
     assert written["host_isa_flags"] == ["avx2", "avx512f"] and written["cpu_isa"] == "avx2"
     assert common.device_slug("cpu", dict(machine, cpu_isa="avx512")) == \
-        "cpu-amd-epyc-9654-96-core-processor-avx512-2-threads"
+        "cpu-amd-epyc-9654-96-core-processor-family-25-model-17-avx512-2-threads"
     assert common.device_slug("cpu", dict(machine, cpu_isa=None)) == \
-        "cpu-amd-epyc-9654-96-core-processor-no-cpp-on-avx512-2-threads"
+        "cpu-amd-epyc-9654-96-core-processor-family-25-model-17-no-cpp-on-avx512-2-threads"
     assert common.cpu_label(dict(machine, cpu_isa=None)) == \
-        "AMD EPYC 9654 96-Core Processor (no C++ build, host avx512), 2 threads"
+        "AMD EPYC 9654 96-Core Processor family 25 model 17 (no C++ build, host avx512), 2 threads"
+    # results from before the family and model were recorded keep their names
+    earlier = {k: v for k, v in machine.items() if k != "cpu_family_model"}
+    assert common.device_slug("cpu", earlier) == "cpu-amd-epyc-9654-96-core-processor-avx2-on-avx512-2-threads"
+    assert common.cpu_label(earlier) == "AMD EPYC 9654 96-Core Processor (avx2 build, host avx512), 2 threads"
     assert common.device_slug("cuda", dict(device="NVIDIA H200")) == "cuda-nvidia-h200"
 
 
