@@ -69,6 +69,11 @@ def test_each_level_is_its_own_build(machine):
         assert march in flags and "-mtune=native" in flags and "-march=native" not in flags
         names.add(name)
     assert names == {"tna_kernels_cpp_avx512", "tna_kernels_cpp_avx2", "tna_kernels_cpp_portable"}
+    wide = "-mprefer-vector-width=256"
+    assert [level for level in _ext.ISA_LEVELS if wide in _ext._ISA_CFLAGS[level]] == ["avx2"]
+    os.environ["TNA_CPU_ISA"] = ""
+    machine["flags"] = V3
+    assert _ext._build_config() == ("tna_kernels_cpp", _ext._CFLAGS + ["-march=native", wide])
     assert {"-mavx512vpopcntdq", "-mavx512vnni", "-mavx512bitalg"} <= set(_ext._ISA_CFLAGS["avx512"])
 
 
@@ -117,6 +122,27 @@ def test_cpp_kernels_at_every_executable_level(level):
                          env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, f"TNA_CPU_ISA={level}:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     assert " passed" in run.stdout and " failed" not in run.stdout
+
+
+def test_levels_built_ahead_are_those_the_level_test_builds(machine):
+    """conftest compiles ahead exactly the builds that the selected per-level tests will load."""
+    from tests.conftest import LEVEL_TEST, levels_built_ahead
+
+    class Item:
+        def __init__(self, name, level=None):
+            self.originalname = name
+            if level is not None:
+                self.callspec = type("CallSpec", (), {"params": {"level": level}})()
+
+    everything = [Item(LEVEL_TEST, level) for level in _ext.ISA_LEVELS] + [Item("test_other")]
+    machine["flags"] = V3
+    assert levels_built_ahead(everything) == ["portable"]
+    assert levels_built_ahead(everything[2:]) == ["portable"]
+    assert levels_built_ahead(everything[:2]) == []
+    machine["flags"] = AVX512
+    assert levels_built_ahead(everything) == ["avx2", "portable"]
+    os.environ["TNA_CPU_ISA"] = "avx2"
+    assert levels_built_ahead(everything) == ["avx512", "avx2", "portable"]
 
 
 @pytest.mark.skipif(shutil.which(CROSS_COMPILER) is None, reason=f"needs the cross compiler {CROSS_COMPILER}")

@@ -8,13 +8,20 @@ name ``tna_kernels_cpp``. ``TNA_CPU_ISA`` selects a lower level instead, each bu
 its own name, so the builds never overwrite one another:
 
 - ``avx512``: ``-march=x86-64-v4`` plus VPOPCNTDQ, VNNI and BITALG (``tna_kernels_cpp_avx512``)
-- ``avx2``: ``-march=x86-64-v3``, i.e. AVX2, FMA, BMI1/2 (``tna_kernels_cpp_avx2``)
+- ``avx2``: ``-march=x86-64-v3``, i.e. AVX2, FMA, BMI1/2, with 256-bit vectors preferred
+  (``tna_kernels_cpp_avx2``)
 - ``portable``: ``-march=x86-64`` with the MMX / SSE / SSE2 macros undefined on x86, no ``-march``
   elsewhere: the sources see no SIMD extension and take their plain C++ paths, on x86 as on aarch64
   (``tna_kernels_cpp_portable``)
 
-Every build keeps ``-mtune=native`` on x86. A level the host cannot execute (``host_cpu_isas()``, read
-from ``/proc/cpuinfo``) or an unknown value is refused with a ValueError. ``cpu_isa()`` reports the level
+Every build keeps ``-mtune=native`` on x86. Builds whose best vectors are 256 bits wide (the ``avx2``
+level, and the host build on a CPU without AVX-512) ask the compiler for 256-bit vectors
+(``-mprefer-vector-width=256``): GCC's tuning for some of those CPUs (first-generation AMD Zen) vectorizes
+loops 128 bits at a time, and the LIF kernels then write their line buffers in 128-bit halves and read them
+back in 256-bit loads, which wait for the stores instead of taking their data from them.
+
+A level the host cannot execute (``host_cpu_isas()``, read from ``/proc/cpuinfo``) or an unknown value is
+refused with a ValueError. ``cpu_isa()`` reports the level
 the loaded build was compiled for (the op ``tna_cpp::build_isa``, from the compiler's target macros).
 A process loads one build only: they register the same ops.
 
@@ -58,9 +65,11 @@ _ISA_FLAGS = {
 }
 """The /proc/cpuinfo flags a machine needs to execute each level's build (csrc/isa.cpp tests the same sets)."""
 
+_WIDE_VECTORS = ["-mprefer-vector-width=256"]  # for 256-bit targets: see the module docstring
+
 _ISA_CFLAGS = {
     "avx512": ["-march=x86-64-v4", "-mavx512vpopcntdq", "-mavx512vnni", "-mavx512bitalg"],
-    "avx2": ["-march=x86-64-v3"],
+    "avx2": ["-march=x86-64-v3", *_WIDE_VECTORS],
     "portable": ["-march=x86-64", "-U__MMX__", "-U__SSE__", "-U__SSE2__"],
 }
 
@@ -118,7 +127,8 @@ def _build_config() -> tuple:
     """(extension name, compiler flags) of the build ``TNA_CPU_ISA`` selects."""
     level = requested_isa()
     if level is None:
-        return _NAME, _CFLAGS + ["-march=native"]
+        wide = _is_x86() and host_cpu_isas()[0] == "avx2"
+        return _NAME, _CFLAGS + ["-march=native"] + (_WIDE_VECTORS if wide else [])
     if not _is_x86():
         return f"{_NAME}_{level}", list(_CFLAGS)
     return f"{_NAME}_{level}", _CFLAGS + _ISA_CFLAGS[level] + ["-mtune=native"]
