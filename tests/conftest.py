@@ -1,9 +1,13 @@
 """Shared test set-up: Triton runs under its interpreter without CUDA; GPU tests skip cleanly; the C++ builds
-that ``tests/test_isa.py`` tests at the lower ISA levels compile in the background while the other tests run."""
+that ``tests/test_isa.py`` tests at the lower ISA levels, and the sm_90 compile of every Triton launch that
+``tests/ops/test_hopper_compile.py`` checks, run in the background while the other tests run."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,8 +40,11 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
 
 
+ROOT = Path(__file__).resolve().parents[1]
 LEVEL_TEST = "test_cpp_kernels_at_every_executable_level"
-_background_build = None
+HOPPER_TEST = "test_every_launch_compiles_for_hopper"
+_background = []  # the processes started at collection
+_hopper_compile = None  # (process, folder) of the background sm_90 compile
 
 
 def levels_built_ahead(items) -> list:
@@ -50,26 +57,64 @@ def levels_built_ahead(items) -> list:
     return [level for level in _ext.ISA_LEVELS if level in selected and level in executable and level != host]
 
 
+def _start_in_background(command: list, env: dict, log=subprocess.DEVNULL) -> subprocess.Popen:
+    """``command`` at the lowest priority, so that it uses the core the other tests leave idle."""
+    process = subprocess.Popen(command, env=env, preexec_fn=lambda: os.nice(19), stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    _background.append(process)
+    return process
+
+
+def hopper_tools():
+    """The folder of Triton's NVIDIA tools (ptxas, cuobjdump), or None where Triton or its NVIDIA backend is
+    missing."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    return tools if (tools / "cuobjdump").exists() else None
+
+
 def pytest_collection_finish(session):
-    """Start compiling the per-level builds now, one after the other, one compile job at the lowest priority,
-    so that they use the core the other tests leave idle; the per-level test then finds its build made (or
-    waits for it through the build lock). A failed background build is ignored: the test builds again and
-    reports the error."""
-    global _background_build
+    """Start the slow work of two tests now: the per-level builds (one after the other, one compile job; the
+    per-level test then finds its build made, or waits for it through the build lock; a failed background build
+    is ignored: the test builds again and reports the error) and ``benchmarks/hopper_compile.py`` (its test
+    waits for it through the ``hopper_compile`` fixture)."""
+    global _hopper_compile
     levels = levels_built_ahead(session.items)
-    if not levels:
-        return
-    build = "import tna_kernels; tna_kernels.build_extensions(verbose=False)"
-    driver = ("import os, subprocess, sys\n"
-              f"for level in {levels!r}:\n"
-              f"    subprocess.run([sys.executable, '-c', {build!r}], env=dict(os.environ, TNA_CPU_ISA=level))\n")
-    _background_build = subprocess.Popen(
-        [sys.executable, "-c", driver], env=dict(os.environ, MAX_JOBS="1"), preexec_fn=lambda: os.nice(19),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if levels:
+        build = "import tna_kernels; tna_kernels.build_extensions(verbose=False)"
+        driver = ("import os, subprocess, sys\n"
+                  f"for level in {levels!r}:\n"
+                  f"    subprocess.run([sys.executable, '-c', {build!r}], env=dict(os.environ, TNA_CPU_ISA=level))\n")
+        _start_in_background([sys.executable, "-c", driver], dict(os.environ, MAX_JOBS="1"))
+    if any(item.originalname == HOPPER_TEST for item in session.items) and hopper_tools() is not None:
+        folder = Path(tempfile.mkdtemp(prefix="tna-hopper-compile-"))
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["TRITON_CACHE_DIR"] = str(folder / "triton-cache")
+        command = [sys.executable, str(ROOT / "benchmarks" / "hopper_compile.py"), "--largest-config",
+                   "--workers", "2", "--out", str(folder / "hopper.json")]
+        with open(folder / "log.txt", "w") as log:
+            _hopper_compile = (_start_in_background(command, env, log), folder)
+
+
+@pytest.fixture
+def hopper_compile():
+    """``(return code, log, path of its JSON)`` of ``benchmarks/hopper_compile.py --largest-config`` (every Triton
+    launch compiled for sm_90), started at collection; skips where Triton has no NVIDIA backend tools."""
+    if _hopper_compile is None:
+        pytest.skip("this Triton has no NVIDIA backend tools")
+    process, folder = _hopper_compile
+    process.wait(timeout=1800)
+    return process.returncode, (folder / "log.txt").read_text(), folder / "hopper.json"
 
 
 def pytest_sessionfinish(session):
-    """Stop a background build that is still running (a build killed mid-way leaves its folder buildable)."""
-    if _background_build is not None and _background_build.poll() is None:
-        os.killpg(_background_build.pid, signal.SIGKILL)
-        _background_build.wait()
+    """Stop the background work that is still running (a build killed mid-way leaves its folder buildable)."""
+    for process in _background:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if _hopper_compile is not None:
+        shutil.rmtree(_hopper_compile[1], ignore_errors=True)
