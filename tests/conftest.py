@@ -58,9 +58,15 @@ def levels_built_ahead(items) -> list:
 
 
 def _start_in_background(command: list, env: dict, log=subprocess.DEVNULL) -> subprocess.Popen:
-    """``command`` at the lowest priority, so that it uses the core the other tests leave idle."""
-    process = subprocess.Popen(command, env=env, preexec_fn=lambda: os.nice(19), stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    """``command`` at the lowest priority, so that it uses the core the other tests leave idle: in a process group
+    of its own (to be stopped as a whole) but in the session of the tests, since Linux's autogroup scheduling
+    shares the CPU equally between sessions whatever their processes' nice values."""
+    def lowest_priority_group():
+        os.setpgid(0, 0)
+        os.nice(19)
+
+    process = subprocess.Popen(command, env=env, preexec_fn=lowest_priority_group, stdout=log,
+                               stderr=subprocess.STDOUT)
     _background.append(process)
     return process
 
