@@ -83,9 +83,9 @@ def hopper_tools():
 
 
 def pytest_collection_finish(session):
-    """Start the slow work of two tests now: the per-level builds (one after the other, one compile job; the
-    per-level test then finds its build made, or waits for it through the build lock; a failed background build
-    is ignored: the test builds again and reports the error) and ``benchmarks/hopper_compile.py`` (its test
+    """Start the slow work of two tests now, at the lowest priority: the per-level builds (one after the other;
+    the per-level test then finds its build made, or waits for it through the build lock; a failed background
+    build is ignored: the test builds again and reports the error) and ``benchmarks/hopper_compile.py`` (its test
     waits for it through the ``hopper_compile`` fixture)."""
     global _hopper_compile
     levels = levels_built_ahead(session.items)
@@ -94,7 +94,7 @@ def pytest_collection_finish(session):
         driver = ("import os, subprocess, sys\n"
                   f"for level in {levels!r}:\n"
                   f"    subprocess.run([sys.executable, '-c', {build!r}], env=dict(os.environ, TNA_CPU_ISA=level))\n")
-        _start_in_background([sys.executable, "-c", driver], dict(os.environ, MAX_JOBS="1"))
+        _start_in_background([sys.executable, "-c", driver], dict(os.environ))
     if any(item.originalname == HOPPER_TEST for item in session.items) and hopper_tools() is not None:
         folder = Path(tempfile.mkdtemp(prefix="tna-hopper-compile-"))
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
