@@ -65,7 +65,7 @@ def _start_in_background(command: list, env: dict, log=subprocess.DEVNULL) -> su
         os.setpgid(0, 0)
         os.nice(19)
 
-    process = subprocess.Popen(command, env=env, preexec_fn=lowest_priority_group, stdout=log,
+    process = subprocess.Popen(command, cwd=ROOT, env=env, preexec_fn=lowest_priority_group, stdout=log,
                                stderr=subprocess.STDOUT)
     _background.append(process)
     return process
@@ -94,7 +94,7 @@ def pytest_collection_finish(session):
         driver = ("import os, subprocess, sys\n"
                   f"for level in {levels!r}:\n"
                   f"    subprocess.run([sys.executable, '-c', {build!r}], env=dict(os.environ, TNA_CPU_ISA=level))\n")
-        _start_in_background([sys.executable, "-c", driver], dict(os.environ))
+        _start_in_background([sys.executable, "-c", driver], os.environ)
     if any(item.originalname == HOPPER_TEST for item in session.items) and hopper_tools() is not None:
         folder = Path(tempfile.mkdtemp(prefix="tna-hopper-compile-"))
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -21,8 +21,8 @@ loops 128 bits at a time, and the LIF kernels then write their line buffers in 1
 back in 256-bit loads, which wait for the stores instead of taking their data from them.
 
 A level the host cannot execute (``host_cpu_isas()``, read from ``/proc/cpuinfo``) or an unknown value is
-refused with a ValueError. ``cpu_isa()`` reports the level
-the loaded build was compiled for (the op ``tna_cpp::build_isa``, from the compiler's target macros).
+refused with a ValueError. ``cpu_isa()`` reports the level the loaded build was compiled for (the op
+``tna_cpp::build_isa``, from the compiler's target macros).
 A process loads one build only: they register the same ops.
 
 The builds are cached in ``build_directory(name)``: ``$TORCH_EXTENSIONS_DIR/<name>`` where that variable
